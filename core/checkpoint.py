@@ -1,0 +1,294 @@
+"""Reading and writing checkpoints: the one loader every entry point uses.
+
+Reads, without unpickling arbitrary objects:
+
+* the reference's released checkpoints (SPEC §3): ``{state_dict, epoch,
+  best_sad}`` in torch's legacy format pickled by Python 2 (see
+  ``core.legacy_pickle``);
+* this project's checkpoints (zip format, ``torch.load(weights_only=True)``);
+* bare state dicts, with or without ``module.``/``_orig_mod.`` prefixes.
+
+This project's checkpoints keep the reference's keys (``epoch`` is the next
+epoch to run, ``state_dict`` without prefixes, ``best_sad`` a plain float) and
+add ``arch`` (the network's keyword arguments), ``optimizer``, ``config`` and
+``format_version``. They are written atomically.
+"""
+
+import os
+import pickle
+import struct
+import tempfile
+import zipfile
+
+import numpy as np
+import torch
+
+from core.legacy_pickle import ForbiddenGlobal, is_legacy_file, load_legacy
+from core.network import ENCODER_NAMES, DIMNet
+from core.utils import UserError
+
+FORMAT_VERSION = 1
+
+# Released files (SPEC §3) → whether they were trained with skip connections.
+RELEASED_SKIP = {
+    "stage1_skip_sad_52.9.pth": True,
+    "stage1_sad_54.4.pth": False,
+    "stage1_sad_57.1.pth": False,
+    "stage2_norm_balance_sad_57.9.pth": False,
+    "stage1_norm_balance_sad_58.7.pth": False,
+    "stage0_norm_balance_sad_62.0.pth": False,
+}
+# Older releases whose input handling differed from this code (SPEC §3).
+UNSUPPORTED_RELEASES = ("stage0_norm_e12_sad_69.1.pth", "my_stage0_sad_72.9.pth")
+RELEASE_URL = "https://github.com/huochaitiantang/pytorch-deep-image-matting/releases"
+
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _torch_load_safe(path):
+    """``torch.load(weights_only=True)`` allowing only numeric numpy scalars."""
+    safe = [np.dtype, np.dtypes.Float64DType, np.dtypes.Float32DType, np.dtypes.Int64DType]
+    try:
+        from numpy._core.multiarray import scalar
+        safe.append(scalar)
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import scalar
+        safe.append(scalar)
+    with torch.serialization.safe_globals(safe):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_checkpoint(path):
+    """Load ``path`` safely into ``{'state_dict': …, **metadata}``.
+
+    The state dict's keys lose any ``module.``/``_orig_mod.`` prefix and
+    ``best_sad`` becomes a Python float. Raises :class:`UserError` for a
+    missing, truncated or corrupt file, or one whose unpickling would run code.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as f:
+        head = f.read(16)
+    try:
+        if is_legacy_file(head):
+            obj = load_legacy(path)
+        elif head.startswith(b"PK\x03\x04"):
+            obj = _torch_load_safe(path)
+        else:
+            raise UserError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a legacy torch file)")
+    except ForbiddenGlobal as exc:
+        raise UserError(f"{path}: refusing to load: unpickling it would call {exc} (only tensors and plain values are allowed)") from None
+    except pickle.UnpicklingError as exc:
+        msg = str(exc).splitlines()
+        detail = next((line.strip() for line in msg if "GLOBAL" in line or "Unsupported" in line), msg[0] if msg else "")
+        if "weights_only" in str(exc) or "GLOBAL" in str(exc):
+            raise UserError(f"{path}: refusing to load: the file holds objects other than tensors and plain values ({detail[:200]})") from None
+        raise UserError(f"{path}: corrupt checkpoint ({detail[:200]})") from None
+    except (EOFError, zipfile.BadZipFile, struct.error, ValueError) as exc:
+        raise UserError(f"{path}: truncated or corrupt checkpoint ({exc})") from None
+    except RuntimeError as exc:
+        raise UserError(f"{path}: truncated or corrupt checkpoint ({str(exc).splitlines()[0][:200]})") from None
+    return _normalize(obj, path)
+
+
+def _normalize(obj, path):
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        ckpt = dict(obj)
+    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        ckpt = {"state_dict": obj}
+    else:
+        kind = type(obj).__name__
+        keys = ", ".join(map(str, list(obj)[:5])) if isinstance(obj, dict) else ""
+        raise UserError(f"{path}: not a checkpoint: expected a state dict or a dict with 'state_dict', "
+                        f"found a {kind}" + (f" with keys {keys}" if keys else ""))
+    state = {}
+    for key, value in ckpt["state_dict"].items():
+        key = str(key)
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        if not isinstance(value, torch.Tensor):
+            raise UserError(f"{path}: state_dict entry {key!r} is a {type(value).__name__}, not a tensor")
+        state[key] = value
+    ckpt["state_dict"] = state
+    if ckpt.get("best_sad") is not None:
+        ckpt["best_sad"] = float(ckpt["best_sad"])
+    if ckpt.get("epoch") is not None:
+        ckpt["epoch"] = int(ckpt["epoch"])
+    return ckpt
+
+
+def describe_foreign(state, path):
+    """A one-line explanation when ``state`` is not a DIM network's state dict, else None."""
+    keys = set(state)
+    if any(k.startswith("features.") for k in keys) and any(k.startswith("classifier.") for k in keys):
+        return (f"{path}: this looks like torchvision's ImageNet VGG-16 (features.*/classifier.* keys), "
+                "not a Deep Image Matting checkpoint; convert it with `python tools/chg_model.py --vgg "
+                f"{path}` and use the result as --pretrain")
+    if "conv1_1.weight" in keys and "deconv1.weight" not in keys:
+        if set(ENCODER_NAMES) >= {k.rsplit(".", 1)[0] for k in keys}:
+            return (f"{path}: this holds only VGG-16 encoder weights (as written by tools/chg_model.py), "
+                    "not a trained matting model; use it for training with --pretrain")
+    if "conv1_1.weight" not in keys or "deconv1.weight" not in keys:
+        sample = ", ".join(sorted(keys)[:4])
+        return f"{path}: not a Deep Image Matting checkpoint (no conv1_1/deconv1 weights; keys like {sample})"
+    return None
+
+
+def arch_from_checkpoint(ckpt, path, skip=None):
+    """The network's keyword arguments for ``ckpt`` and where ``skip`` came from.
+
+    conv6 kernel and refinement head are read off the weights; skip comes from
+    ``skip`` (a flag) if given, else this project's metadata, else the release
+    file name, else on (the current reference).
+    """
+    state = ckpt["state_dict"]
+    problem = describe_foreign(state, path)
+    if problem:
+        raise UserError(problem)
+    conv6 = state.get("conv6_1.weight")
+    if conv6 is None or conv6.dim() != 4 or conv6.shape[-1] not in (1, 3):
+        raise UserError(f"{path}: conv6_1.weight missing or of unexpected shape "
+                        f"{None if conv6 is None else tuple(conv6.shape)} (expected 512×512×1×1 or 512×512×3×3)")
+    arch = {"conv6_kernel": int(conv6.shape[-1]), "refine": "refine_pred.weight" in state}
+    name = os.path.basename(path)
+    if skip is not None:
+        arch["skip"], source = bool(skip), "command line"
+    elif isinstance(ckpt.get("arch"), dict) and "skip" in ckpt["arch"]:
+        arch["skip"], source = bool(ckpt["arch"]["skip"]), "checkpoint metadata"
+    elif name in RELEASED_SKIP:
+        arch["skip"], source = RELEASED_SKIP[name], "release file name"
+    else:
+        arch["skip"], source = True, "default (current reference); pass --no_skip for models trained without skip"
+    return arch, source
+
+
+def load_model(path, stage=None, skip=None, device="cpu"):
+    """Build the network a checkpoint holds and load its weights strictly.
+
+    Args:
+        path: checkpoint file.
+        stage: 0–3 or None. Stages 2/3 need a refinement head in the file;
+            stages 0/1 refuse one (its refined alpha would be ignored).
+        skip: True/False to override the skip setting (``--skip``/``--no_skip``).
+    Returns:
+        ``(model, info)``: the model in eval mode on ``device``; ``info`` has
+        ``arch``, ``skip_source``, ``epoch``, ``best_sad``.
+    """
+    path = os.fspath(path)
+    name = os.path.basename(path)
+    if name in UNSUPPORTED_RELEASES:
+        raise UserError(f"{path}: this early release came from code whose input handling differed; "
+                        "it is not supported (use stage1_skip_sad_52.9.pth or another model of SPEC §3)")
+    ckpt = read_checkpoint(path)
+    arch, source = arch_from_checkpoint(ckpt, path, skip)
+    if stage is not None:
+        want_refine = stage >= 2
+        if want_refine and not arch["refine"]:
+            raise UserError(f"{path}: --stage {stage} needs a refinement head, but the file has no refine_* "
+                            "weights (a stage 0/1 model): use --stage 1, or train stage 2 from it with --pretrain")
+        if not want_refine and arch["refine"]:
+            raise UserError(f"{path}: the file holds a refinement head (refine_* weights, a stage 2/3 model) "
+                            f"that --stage {stage} would ignore: use --stage 2 or 3")
+    model = DIMNet(**arch)
+    check_state_dict(model, ckpt["state_dict"], path)
+    model.load_state_dict(ckpt["state_dict"], strict=True)
+    model.to(device).eval()
+    info = {"arch": arch, "skip_source": source, "epoch": ckpt.get("epoch"), "best_sad": ckpt.get("best_sad")}
+    return model, info
+
+
+def _list(keys, limit=6):
+    keys = sorted(keys)
+    more = f" … (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def check_state_dict(model, state, path):
+    """Raise a readable :class:`UserError` unless ``state`` fits ``model`` exactly."""
+    own = model.state_dict()
+    missing = set(own) - set(state)
+    unexpected = set(state) - set(own)
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(own) & set(state))
+              if state[k].shape != own[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing {_list(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_list(unexpected)}")
+    if shapes:
+        problems.append(f"shape mismatch {_list(shapes, 3)}")
+    if problems:
+        raise UserError(f"{path}: weights do not fit the network: " + "; ".join(problems))
+
+
+def unwrap(model):
+    """The plain module inside DistributedDataParallel / torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def atomic_torch_save(obj, path):
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``.
+
+    A crash mid-write leaves the previous file intact.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_checkpoint(path, model, epoch, best_sad, optimizer=None, config=None):
+    """Write a checkpoint in the reference's format plus this project's metadata.
+
+    ``epoch`` is stored as given: the reference stores the *next* epoch to run.
+    ``config`` must hold plain values (str, int, float, bool, None, lists, dicts).
+    """
+    net = unwrap(model)
+    obj = {
+        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "epoch": int(epoch),
+        "best_sad": None if best_sad is None else float(best_sad),
+        "arch": dict(net.arch),
+        "format_version": FORMAT_VERSION,
+    }
+    if optimizer is not None:
+        obj["optimizer"] = optimizer.state_dict()
+    if config is not None:
+        obj["config"] = config
+    atomic_torch_save(obj, path)
+
+
+def load_partial(model, path):
+    """Load whatever of ``path`` fits ``model`` (``--pretrain``), by name and shape.
+
+    Returns ``(loaded, random, skipped)``: names loaded, parameters of the model
+    left as they were, and file entries not used (absent from the model or of
+    another shape, with the reason). A file of which nothing fits is an error.
+    """
+    ckpt = read_checkpoint(path)
+    state = ckpt["state_dict"]
+    own = unwrap(model).state_dict()
+    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not fits:
+        problem = describe_foreign(state, path)
+        if problem and "torchvision" in problem:
+            raise UserError(problem)
+        raise UserError(f"{path}: no weight of this file fits the network (keys like {_list(state, 3)})")
+    skipped = {k: ("shape " + str(tuple(v.shape)) + " vs " + str(tuple(own[k].shape))) if k in own else "not in the network"
+               for k, v in state.items() if k not in fits}
+    unwrap(model).load_state_dict(fits, strict=False)
+    random = sorted(set(own) - set(fits))
+    return sorted(fits), random, skipped

@@ -1,0 +1,154 @@
+"""The one inference path: training-time validation, test.py and demo.py use it.
+
+Reproduces the reference's deploy pipeline (SPEC §9):
+
+* ``whole`` (default): each side rounded down to a multiple of 32 and capped at
+  ``max_size`` (aspect ratio not kept when capped); image and trimap resized
+  bilinearly (uint8), one forward pass, the alpha resized bilinearly back.
+* ``resize``: the same through a fixed ``size`` (320×320).
+* ``crop``: non-overlapping ``size`` tiles from the top-left; tiles without an
+  unknown pixel are skipped; edge tiles are resized up, predicted and resized
+  back; overlaps (none in practice) averaged.
+
+Then the known regions are forced (1 where the trimap is 255, 0 where it is 0)
+and the written matte is ``(alpha * 255)`` truncated to uint8.
+"""
+
+import warnings
+
+import cv2
+import numpy as np
+import torch
+
+from core.preprocess import make_input
+
+MODES = ("whole", "crop", "resize")
+
+
+def check_trimap(trimap, name="trimap"):
+    """Warn when ``trimap`` holds values other than 0/128/255, saying how they are treated.
+
+    Inference feeds the values to the network as they are (trimap/255) and forces
+    only exact 0 and 255; the official metrics count only exact 128 as unknown.
+    Returns the number of such pixels.
+    """
+    odd = int(np.count_nonzero((trimap != 0) & (trimap != 128) & (trimap != 255)))
+    if odd:
+        warnings.warn(f"{name}: {odd} pixels are not 0/128/255; they enter the network as value/255, "
+                      "are not forced to 0 or 1, and the official metrics do not count them as unknown "
+                      "(make trimaps with tools/gen_trimap.py, save them as PNG, never resize them bilinearly)",
+                      stacklevel=2)
+    return odd
+
+
+def use_refined(model, stage=None):
+    """Stages 0/1 report the encoder-decoder alpha, stages 2/3 the refined one."""
+    if stage is None:
+        return bool(getattr(model, "refine", False))
+    return stage >= 2
+
+
+@torch.inference_mode()
+def forward_once(model, image_bgr, trimap, refined=None, amp=False):
+    """One forward pass on an image whose sides are multiples of 32.
+
+    ``image_bgr``: H×W×3 uint8 BGR; ``trimap``: H×W uint8. Returns the alpha,
+    float32 H×W in [0, 1]: the refined one when ``refined`` (default: the model
+    has a refinement head).
+    """
+    if refined is None:
+        refined = use_refined(model)
+    param = next(model.parameters())
+    x = torch.from_numpy(make_input(image_bgr, trimap))[None].to(param.device)
+    with torch.autocast(param.device.type, enabled=amp and param.device.type == "cuda"):
+        alpha, refined_alpha = model(x)
+    out = refined_alpha if refined else alpha
+    if out is None:
+        raise ValueError("the refined alpha was asked for but the model has no refinement head")
+    return out[0, 0].float().cpu().numpy()
+
+
+def whole_size(h, w, max_size):
+    """Network input size for ``whole`` mode: (new_h, new_w), SPEC §9."""
+    new_h, new_w = min(max_size, h - h % 32), min(max_size, w - w % 32)
+    if new_h < 32 or new_w < 32:
+        raise ValueError(f"image of {w}×{h} pixels is too small: both sides must be at least 32 "
+                         f"(and max_size {max_size} at least 32)")
+    return new_h, new_w
+
+
+def _through_size(model, image_bgr, trimap, new_h, new_w, **kw):
+    h, w = trimap.shape
+    img = cv2.resize(image_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    tri = cv2.resize(trimap, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    alpha = forward_once(model, img, tri, **kw)
+    return cv2.resize(alpha, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def predict_crop(model, image_bgr, trimap, size=(320, 320), **kw):
+    """``crop`` mode: non-overlapping tiles of ``size`` = (h, w), see the module docstring."""
+    size_h, size_w = size
+    h, w = trimap.shape
+    acc = np.zeros((h, w), np.float32)
+    marks = np.zeros((h, w), np.float32)
+    for y in range(0, h, size_h):
+        for x in range(0, w, size_w):
+            tri = trimap[y:y + size_h, x:x + size_w]
+            if not np.any(tri == 128):
+                continue
+            img = image_bgr[y:y + size_h, x:x + size_w]
+            th, tw = tri.shape
+            if (th, tw) != (size_h, size_w):
+                img = cv2.resize(img, (size_w, size_h), interpolation=cv2.INTER_LINEAR)
+                tri = cv2.resize(tri, (size_w, size_h), interpolation=cv2.INTER_LINEAR)
+            alpha = forward_once(model, img, tri, **kw)
+            if (th, tw) != (size_h, size_w):
+                alpha = cv2.resize(alpha, (tw, th), interpolation=cv2.INTER_LINEAR)
+            acc[y:y + th, x:x + tw] += alpha
+            marks[y:y + th, x:x + tw] += 1
+    marks[marks <= 0] = 1
+    return acc / marks
+
+
+def predict(model, image_bgr, trimap, mode="whole", max_size=1600, size=(320, 320), stage=None, amp=False):
+    """Predict an alpha matte before forcing: float32 H×W in [0, 1].
+
+    Args:
+        model: a ``DIMNet`` (eval mode, any device).
+        image_bgr: H×W×3 uint8, BGR as read by OpenCV.
+        trimap: H×W uint8, 0/128/255.
+        mode: ``whole`` | ``crop`` | ``resize`` (SPEC §9).
+        max_size: cap on each side in ``whole`` mode.
+        size: (size_h, size_w) for ``crop`` and ``resize``.
+        stage: 0–3 picks the alpha (refined for 2/3); None: refined if the model has a head.
+        amp: autocast on CUDA (ignored on the CPU).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if image_bgr.shape[:2] != trimap.shape:
+        raise ValueError(f"image {image_bgr.shape[:2]} and trimap {trimap.shape} differ in size")
+    kw = {"refined": use_refined(model, stage), "amp": amp}
+    h, w = trimap.shape
+    if mode == "whole":
+        return _through_size(model, image_bgr, trimap, *whole_size(h, w, max_size), **kw)
+    if mode == "resize":
+        return _through_size(model, image_bgr, trimap, size[0], size[1], **kw)
+    return predict_crop(model, image_bgr, trimap, size, **kw)
+
+
+def force_known(alpha, trimap):
+    """Alpha with 1 where the trimap is 255 and 0 where it is 0 (a new array)."""
+    alpha = alpha.copy()
+    alpha[trimap == 255] = 1.0
+    alpha[trimap == 0] = 0.0
+    return alpha
+
+
+def to_uint8(alpha):
+    """The saved matte: ``alpha * 255`` truncated to uint8, as the reference writes it."""
+    return (alpha * np.float32(255)).astype(np.uint8)
+
+
+def predict_matte(model, image_bgr, trimap, **kw):
+    """``predict`` + ``force_known`` + ``to_uint8``: the 8-bit matte that is written to disk."""
+    return to_uint8(force_known(predict(model, image_bgr, trimap, **kw), trimap))

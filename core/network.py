@@ -1,0 +1,138 @@
+"""The Deep Image Matting network (Xu et al., CVPR 2017, §3.1–3.2; SPEC §2).
+
+A VGG-16 encoder (conv1_1 … conv5_3 plus conv6_1) with max-pooling indices, a
+light decoder that unpools with those indices (optionally adding the encoder
+feature of the same scale: the "skip" variant of the best released model), a
+sigmoid alpha, and an optional refinement head (stages 2 and 3).
+
+Parameter names are exactly the reference's so its released checkpoints load
+with ``strict=True``.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# (name, in, out) for the encoder convolutions, in order; a max-pool follows
+# the last conv of each block.
+ENCODER_BLOCKS = (
+    (("conv1_1", 4, 64), ("conv1_2", 64, 64)),
+    (("conv2_1", 64, 128), ("conv2_2", 128, 128)),
+    (("conv3_1", 128, 256), ("conv3_2", 256, 256), ("conv3_3", 256, 256)),
+    (("conv4_1", 256, 512), ("conv4_2", 512, 512), ("conv4_3", 512, 512)),
+    (("conv5_1", 512, 512), ("conv5_2", 512, 512), ("conv5_3", 512, 512)),
+)
+# Decoder convolutions after each unpooling, deepest first (kernel 5, pad 2).
+DECODER = (("deconv5_1", 512, 512), ("deconv4_1", 512, 256), ("deconv3_1", 256, 128),
+           ("deconv2_1", 128, 64), ("deconv1_1", 64, 64))
+REFINE = (("refine_conv1", 4, 64), ("refine_conv2", 64, 64), ("refine_conv3", 64, 64))
+
+ENCODER_NAMES = tuple(name for block in ENCODER_BLOCKS for name, _, _ in block)
+
+
+class DIMNet(nn.Module):
+    """Deep Image Matting encoder-decoder with an optional refinement head.
+
+    Args:
+        refine: build the refinement head (``refine_*``; stages 2 and 3).
+        skip: add each encoder block's last feature map (after ReLU, before
+            pooling) to the unpooled decoder feature of the same scale.
+            The released ``stage1_skip_sad_52.9.pth`` uses it; older releases
+            do not. Skip adds no parameters.
+        conv6_kernel: 3 (pad 1; current reference) or 1 (pad 0; models
+            released before 2019-09-09).
+
+    ``forward(x)`` takes N×4×H×W (normalised RGB + trimap/255, see
+    ``core.preprocess``), H and W multiples of 32, and returns
+    ``(alpha, refined)``: N×1×H×W in [0, 1], ``refined`` None without a
+    refinement head.
+    """
+
+    def __init__(self, refine=False, skip=True, conv6_kernel=3):
+        super().__init__()
+        if conv6_kernel not in (1, 3):
+            raise ValueError(f"conv6_kernel must be 1 or 3, got {conv6_kernel}")
+        self.refine = bool(refine)
+        self.skip = bool(skip)
+        self.conv6_kernel = conv6_kernel
+        for block in ENCODER_BLOCKS:
+            for name, cin, cout in block:
+                setattr(self, name, nn.Conv2d(cin, cout, 3, padding=1))
+        self.conv6_1 = nn.Conv2d(512, 512, conv6_kernel, padding=conv6_kernel // 2)
+        self.deconv6_1 = nn.Conv2d(512, 512, 1)
+        for name, cin, cout in DECODER:
+            setattr(self, name, nn.Conv2d(cin, cout, 5, padding=2))
+        self.deconv1 = nn.Conv2d(64, 1, 5, padding=2)
+        if self.refine:
+            for name, cin, cout in REFINE:
+                setattr(self, name, nn.Conv2d(cin, cout, 3, padding=1))
+            self.refine_pred = nn.Conv2d(64, 1, 3, padding=1)
+
+    @property
+    def arch(self):
+        """The keyword arguments that rebuild this architecture."""
+        return {"refine": self.refine, "skip": self.skip, "conv6_kernel": self.conv6_kernel}
+
+    @staticmethod
+    def check_input(x):
+        if x.dim() != 4 or x.shape[1] != 4 or x.shape[2] % 32 or x.shape[3] % 32 or x.shape[2] == 0 or x.shape[3] == 0:
+            raise ValueError("DIMNet expects an N×4×H×W input with H and W positive multiples of 32, "
+                             f"got {tuple(x.shape)}")
+
+    def forward(self, x):
+        self.check_input(x)
+        # Out-of-place ReLU only where autograd needs it; in inference the
+        # activations are overwritten in place and freed as soon as possible.
+        inplace = not torch.is_grad_enabled()
+        h = x
+        skips, indices = [], []
+        for block in ENCODER_BLOCKS:
+            for name, _, _ in block:
+                h = F.relu(getattr(self, name)(h), inplace=inplace)
+            skips.append(h if self.skip else None)
+            h, idx = F.max_pool2d(h, kernel_size=2, stride=2, return_indices=True)
+            indices.append(idx)
+        h = F.relu(self.conv6_1(h), inplace=inplace)
+        h = F.relu(self.deconv6_1(h), inplace=inplace)
+        for (name, _, _), idx, feat in zip(DECODER, reversed(indices), reversed(skips)):
+            h = F.max_unpool2d(h, idx, kernel_size=2, stride=2)
+            del idx
+            if feat is not None:
+                h = h.add_(feat) if inplace else h + feat
+            h = F.relu(getattr(self, name)(h), inplace=inplace)
+        del skips, indices
+        raw = self.deconv1(h)
+        alpha = torch.sigmoid(raw)
+        if not self.refine:
+            return alpha, None
+        r = torch.cat((x[:, :3], alpha), dim=1)
+        for name, _, _ in REFINE:
+            r = F.relu(getattr(self, name)(r), inplace=inplace)
+        refined = torch.sigmoid(raw + self.refine_pred(r))
+        return alpha, refined
+
+
+def stage_has_refine(stage):
+    """Stages 0 and 1 train the encoder-decoder only; 2 and 3 add the refinement head."""
+    if stage not in (0, 1, 2, 3):
+        raise ValueError(f"stage must be 0, 1, 2 or 3, got {stage}")
+    return stage >= 2
+
+
+def build_model(stage=1, skip=True, conv6_kernel=3):
+    """The network for a training/inference ``stage`` (0–3, SPEC §7)."""
+    return DIMNet(refine=stage_has_refine(stage), skip=skip, conv6_kernel=conv6_kernel)
+
+
+def freeze_encoder_decoder(model):
+    """Stage-2 policy: freeze everything but the refinement head.
+
+    Returns the list of parameters left trainable. Training policy lives here,
+    outside the architecture, so the same class serves every stage.
+    """
+    trainable = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("refine_"))
+        if p.requires_grad:
+            trainable.append(p)
+    return trainable

@@ -1,0 +1,86 @@
+"""Small helpers shared by every entry point: user-facing errors, logging,
+seeding, devices and torchrun/DDP bookkeeping."""
+
+import logging
+import os
+import random
+import sys
+
+import numpy as np
+
+
+class UserError(Exception):
+    """An error the user can fix (bad file, bad flag).
+
+    Entry points wrapped by :func:`run_cli` print its message as one line on
+    stderr and exit with status 2, without a traceback.
+    """
+
+
+def run_cli(main, argv=None):
+    """Run ``main(argv)``; turn :class:`UserError` into a one-line message and exit 2.
+
+    ``KeyboardInterrupt`` exits 130 with a short note; every other exception
+    keeps its traceback because it is a bug, not a user error.
+    """
+    try:
+        status = main(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(status or 0)
+
+
+def setup_logging(log_file=None, rank=0, name="dim"):
+    """Console + optional file logging; only rank 0 logs above WARNING.
+
+    Returns the package logger. The log file is appended to, so a resumed run
+    keeps the history of the interrupted one.
+    """
+    logger = logging.getLogger(name)
+    logger.handlers.clear()
+    logger.propagate = False
+    logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(fmt)
+    logger.addHandler(console)
+    if log_file and rank == 0:
+        parent = os.path.dirname(os.path.abspath(log_file))
+        os.makedirs(parent, exist_ok=True)
+        handler = logging.FileHandler(log_file, mode="a")
+        handler.setFormatter(fmt)
+        logger.addHandler(handler)
+    return logger
+
+
+def seed_everything(seed):
+    """Seed Python, NumPy and torch (all devices) from one integer."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def select_device(cuda=False, local_rank=0):
+    """``cpu`` unless ``cuda`` is asked for; a missing GPU is a user error."""
+    import torch
+
+    if not cuda:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError("--cuda was given but no CUDA device is available (drop --cuda to run on the CPU)")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def dist_env():
+    """(rank, local_rank, world_size) from torchrun's environment; (0, 0, 1) otherwise."""
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    return rank, local_rank, world_size

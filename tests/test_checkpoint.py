@@ -1,0 +1,176 @@
+import collections
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from core.checkpoint import load_model, load_partial, read_checkpoint, save_checkpoint
+from core.network import DIMNet
+from core.utils import UserError
+from tests.conftest import ROOT
+from tests.py2_legacy import save_py2_legacy
+
+
+@pytest.fixture(scope="module")
+def small_state():
+    torch.manual_seed(1)
+    return DIMNet(conv6_kernel=1).state_dict()
+
+
+def test_python2_legacy_checkpoint_loads_exactly(tmp_path, small_state):
+    path = tmp_path / "stage1_sad_57.1.pth"
+    state = collections.OrderedDict(small_state)
+    save_py2_legacy({"state_dict": state, "epoch": 12, "best_sad": np.float64(57.1234)}, path)
+    raw = path.read_bytes()
+    assert raw[:2] == b"\x80\x02" and b"PK\x03\x04" not in raw[:4]
+    assert b"U\nstate_dict" in raw  # SHORT_BINSTRING, the way Python 2 wrote str
+    with pytest.raises(Exception):  # today's torch.load refuses these files
+        torch.load(path, weights_only=True)
+    ckpt = read_checkpoint(path)
+    assert ckpt["epoch"] == 12 and type(ckpt["best_sad"]) is float and ckpt["best_sad"] == 57.1234
+    assert list(ckpt["state_dict"]) == list(state)
+    assert all(torch.equal(ckpt["state_dict"][k], v) for k, v in state.items())
+    model, info = load_model(path, stage=1)
+    assert info["arch"] == {"conv6_kernel": 1, "refine": False, "skip": False}
+    assert info["skip_source"] == "release file name"
+
+
+def test_long_binstring_and_shared_storage(tmp_path):
+    # A >255-byte string takes the BINSTRING opcode; views share one storage.
+    base = torch.arange(10.0)
+    obj = {"state_dict": {"a" * 300: base[2:5], "b": base}, "epoch": 1}
+    save_py2_legacy(obj, tmp_path / "x.pth")
+    ckpt = read_checkpoint(tmp_path / "x.pth")
+    assert torch.equal(ckpt["state_dict"]["a" * 300], torch.tensor([2.0, 3.0, 4.0]))
+    assert torch.equal(ckpt["state_dict"]["b"], base)
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_code_in_pickle_is_refused_and_never_runs(tmp_path, legacy, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    obj = {"state_dict": {"conv1_1.weight": torch.zeros(1)}, "epoch": Payload()}
+    path = tmp_path / "evil.pth"
+    if legacy:
+        torch.save(obj, path, _use_new_zipfile_serialization=False)
+    else:
+        torch.save(obj, path)
+    with pytest.raises(UserError, match="refusing to load") as err:
+        read_checkpoint(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_bare_state_dict_with_module_prefix(tmp_path, small_state):
+    torch.save({"module." + k: v for k, v in small_state.items()}, tmp_path / "ddp.pth")
+    model, info = load_model(tmp_path / "ddp.pth", skip=False)
+    assert info["skip_source"] == "command line" and not model.skip
+    assert torch.equal(model.state_dict()["deconv1.weight"], small_state["deconv1.weight"])
+
+
+def test_our_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = DIMNet(refine=True, skip=False, conv6_kernel=3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    path = tmp_path / "ckpt_e3.pth"
+    save_checkpoint(path, model, epoch=4, best_sad=np.float64(51.5), optimizer=opt, config={"lr": 1e-5})
+    raw = torch.load(path, weights_only=True)  # plain torch can read it safely
+    assert raw["epoch"] == 4 and raw["best_sad"] == 51.5 and type(raw["best_sad"]) is float
+    assert raw["arch"] == {"refine": True, "skip": False, "conv6_kernel": 3}
+    assert raw["config"] == {"lr": 1e-5} and raw["format_version"] == 1
+    assert not any(k.startswith("module.") for k in raw["state_dict"])
+    loaded, info = load_model(path, stage=3)
+    assert info["skip_source"] == "checkpoint metadata" and info["epoch"] == 4
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    opt2 = torch.optim.Adam(loaded.parameters(), lr=1e-5)
+    opt2.load_state_dict(raw["optimizer"])
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_save_is_atomic_when_interrupted(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pth"
+    model = DIMNet(conv6_kernel=1)
+    save_checkpoint(path, model, epoch=1, best_sad=10.0)
+    before = path.read_bytes()
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, model, epoch=2, best_sad=9.0)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["ckpt.pth"]
+
+
+def test_errors_name_the_file(tmp_path, small_state):
+    with pytest.raises(UserError, match="no such checkpoint"):
+        read_checkpoint(tmp_path / "missing.pth")
+    good = tmp_path / "good.pth"
+    torch.save({"state_dict": small_state, "epoch": 1}, good)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(UserError, match="cut.pth: truncated or corrupt"):
+        read_checkpoint(cut)
+    legacy = tmp_path / "legacy.pth"
+    save_py2_legacy({"state_dict": small_state, "epoch": 1}, legacy)
+    cut_legacy = tmp_path / "cut_legacy.pth"
+    cut_legacy.write_bytes(legacy.read_bytes()[:-1000])
+    with pytest.raises(UserError, match="cut_legacy.pth: truncated or corrupt"):
+        read_checkpoint(cut_legacy)
+    text = tmp_path / "notes.pth"
+    text.write_text("hello")
+    with pytest.raises(UserError, match="not a PyTorch checkpoint"):
+        read_checkpoint(text)
+
+
+def test_torchvision_vgg_is_recognised(tmp_path):
+    vgg = {"features.0.weight": torch.zeros(64, 3, 3, 3), "classifier.0.weight": torch.zeros(2, 2)}
+    torch.save(vgg, tmp_path / "vgg16-397923af.pth")
+    with pytest.raises(UserError, match="torchvision's ImageNet VGG-16.*chg_model"):
+        load_model(tmp_path / "vgg16-397923af.pth")
+
+
+def test_mismatched_stage_and_shapes(tmp_path, small_state):
+    path = tmp_path / "s1.pth"
+    torch.save({"state_dict": small_state}, path)
+    with pytest.raises(UserError, match="needs a refinement head"):
+        load_model(path, stage=2)
+    bad = dict(small_state)
+    bad["deconv5_1.weight"] = torch.zeros(512, 512, 3, 3)
+    del bad["deconv4_1.bias"]
+    bad["extra.weight"] = torch.zeros(1)
+    torch.save({"state_dict": bad}, path)
+    with pytest.raises(UserError) as err:
+        load_model(path)
+    msg = str(err.value)
+    assert "missing deconv4_1.bias" in msg and "unexpected extra.weight" in msg and "deconv5_1.weight (512, 512, 3, 3)" in msg
+
+
+def test_load_partial_reports(tmp_path):
+    enc = {"conv1_1.weight": torch.ones(64, 4, 3, 3), "conv6_1.weight": torch.ones(512, 512, 1, 1), "foo": torch.ones(1)}
+    torch.save({"state_dict": enc, "epoch": 0}, tmp_path / "p.pth")
+    model = DIMNet(conv6_kernel=3)
+    loaded, random, skipped = load_partial(model, tmp_path / "p.pth")
+    assert loaded == ["conv1_1.weight"] and torch.equal(model.conv1_1.weight, enc["conv1_1.weight"])
+    assert "conv6_1.weight" in random and set(skipped) == {"conv6_1.weight", "foo"}
+    torch.save({"x": torch.ones(1)}, tmp_path / "none.pth")
+    with pytest.raises(UserError, match="no weight of this file fits"):
+        load_partial(model, tmp_path / "none.pth")
+
+
+def test_cli_error_is_one_line(tmp_path):
+    code = "from core.checkpoint import load_model; from core.utils import run_cli; run_cli(lambda a: load_model('nope.pth'))"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr == "error: nope.pth: no such checkpoint file\n"
