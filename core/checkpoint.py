@@ -14,15 +14,16 @@ add ``arch`` (the network's keyword arguments), ``optimizer``, ``config`` and
 ``format_version``. They are written atomically.
 """
 
+import io
 import os
 import pickle
 import struct
-import tempfile
 import zipfile
 
 import numpy as np
 import torch
 
+from core.imageio import write_bytes_atomic
 from core.legacy_pickle import ForbiddenGlobal, is_legacy_file, load_legacy
 from core.network import ENCODER_NAMES, DIMNet
 from core.utils import UserError
@@ -230,24 +231,13 @@ def unwrap(model):
 
 
 def atomic_torch_save(obj, path):
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``.
+    """``torch.save`` through a temporary file in the same folder and a rename.
 
     A crash mid-write leaves the previous file intact.
     """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes_atomic(path, buf.getbuffer())
 
 
 def save_checkpoint(path, model, epoch, best_sad, optimizer=None, config=None):

@@ -32,24 +32,51 @@ def _imread(path, flags):
     return img
 
 
-def write_image(path, img):
-    """Write ``img`` atomically: encode in memory, write a temporary file, rename.
+def write_bytes_atomic(path, data):
+    """Write ``data`` to ``path`` through a hidden temporary file in the same folder, then rename.
 
-    The format follows ``path``'s extension. A crash never leaves a partial file.
+    A crash or kill mid-write leaves either the old file or none, never a partial
+    one (the temporary ``.name.XXXX.tmp`` may remain; see :func:`remove_stale_temps`).
     """
     path = os.fspath(path)
-    ext = os.path.splitext(path)[1] or ".png"
-    ok, buf = cv2.imencode(ext, img)
-    if not ok:
-        raise UserError(f"{path}: could not encode the image as {ext}")
-    folder = os.path.dirname(os.path.abspath(path))
+    folder, base = os.path.split(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=ext, dir=folder)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{base}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(buf.tobytes())
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def encode_image(img, ext=".png", params=()):
+    """OpenCV-encode a uint8 image (BGR, BGRA or 1-channel) to bytes in the format of ``ext``."""
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(img), list(params))
+    if not ok:
+        raise UserError(f"OpenCV could not encode a {img.shape} {img.dtype} image as {ext}")
+    return buf.tobytes()
+
+
+def write_image(path, img, params=()):
+    """Atomically write a uint8 image; the format follows the extension of ``path``."""
+    path = os.fspath(path)
+    write_bytes_atomic(path, encode_image(img, os.path.splitext(path)[1] or ".png", params))
+
+
+def copy_file_atomic(src, dst):
+    """Copy the bytes of ``src`` to ``dst`` atomically."""
+    with open(src, "rb") as f:
+        write_bytes_atomic(dst, f.read())
+
+
+def remove_stale_temps(folder):
+    """Delete the hidden ``.*.tmp`` files an interrupted run left in ``folder``."""
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if name.startswith(".") and name.endswith(".tmp"):
+                os.remove(os.path.join(folder, name))

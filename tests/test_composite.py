@@ -3,13 +3,14 @@ pixels and slow per-pixel oracles, the validation errors, a run on the synthetic
 set, and an interrupted run resumed to the exact files of a clean run."""
 
 import os
-import shutil
 import subprocess
 import sys
 
 import cv2
 import numpy as np
 import pytest
+
+import core.imageio
 from PIL import Image
 
 import tools.composite as comp
@@ -333,10 +334,12 @@ def test_interrupted_run_resumes_to_the_files_of_a_clean_run(tmp_path, monkeypat
             raise KeyboardInterrupt
         real_write(path, data)
 
+    # composite.py writes through core.imageio (directly and via write_image)
     monkeypatch.setattr(comp, "write_bytes_atomic", dying_write)
+    monkeypatch.setattr(core.imageio, "write_bytes_atomic", dying_write)
     with pytest.raises(KeyboardInterrupt):
         _run(broken)
-    monkeypatch.setattr(comp, "write_bytes_atomic", real_write)
+    monkeypatch.undo()
     partial = _files(os.path.dirname(broken["root_dir"]))
     assert any(k.endswith(".tmp") for k in partial)
     _run(broken)
@@ -351,3 +354,11 @@ def test_cli_reports_user_errors_in_one_line(tmp_path, launcher):
                          cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 2
     assert res.stderr.strip() == f"error: --root_dir {tmp_path / 'missing'}: not a folder"
+
+
+def test_worker_processes_write_the_same_files(tmp_path):
+    one = make_dataset(str(tmp_path / "one"), num_fg=2, num_test_fg=1, size=32, seed=4)
+    two = make_dataset(str(tmp_path / "two"), num_fg=2, num_test_fg=1, size=32, seed=4)
+    _run(one, workers=1)
+    assert _run(two, workers=2)["train"]["written"] == 4
+    assert _files(os.path.dirname(one["root_dir"])) == _files(os.path.dirname(two["root_dir"]))

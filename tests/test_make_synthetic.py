@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from core.utils import UserError
-from tools.make_synthetic import make_dataset, make_examples, trimap_from_alpha
+from tools.make_synthetic import make_dataset, make_examples
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,15 +66,6 @@ def test_images_have_the_properties_the_pipeline_needs(tmp_path):
     assert any(b[0] >= f[0] and b[1] >= f[1] for b in bg_sizes for f in fg_sizes)  # plain crop
 
 
-def test_trimap_from_alpha_by_hand():
-    alpha = np.zeros((9, 9), np.uint8)
-    alpha[2:7, 2:7] = 255
-    alpha[4, 7] = 100
-    tri = trimap_from_alpha(alpha, 3, 1)  # 3x3 ellipse = a cross
-    assert tri[4, 4] == 255 and tri[3, 3] == 255 and tri[2, 4] == 128  # eroded core / eroded edge
-    assert tri[0, 0] == 0 and tri[1, 4] == 128 and tri[4, 8] == 128 and tri[1, 1] == 0
-
-
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     a = make_dataset(str(tmp_path / "a"), num_fg=2, num_test_fg=1, size=32, seed=7)
     b = make_dataset(str(tmp_path / "b"), num_fg=2, num_test_fg=1, size=32, seed=7)
@@ -99,8 +90,15 @@ def test_examples(tmp_path):
 
 @pytest.mark.parametrize("launcher", [["tools/make_synthetic.py"], ["-m", "tools.make_synthetic"]])
 def test_cli_both_ways(tmp_path, launcher):
+    res = subprocess.run([sys.executable, *launcher, "--size", "0", "--out", str(tmp_path)], cwd=REPO,
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.startswith("error: --num_fg, --num_test_fg")
     res = subprocess.run([sys.executable, *launcher], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.startswith("error: give --out DIR")
-    res = subprocess.run([sys.executable, *launcher, "--out", str(tmp_path), "--num_fg", "1", "--num_test_fg", "1",
-                          "--size", "24"], cwd=REPO, capture_output=True, text=True)
+
+
+def test_cli_writes_the_set_and_prints_the_composite_command(tmp_path):
+    res = subprocess.run([sys.executable, "tools/make_synthetic.py", "--out", str(tmp_path), "--num_fg", "1",
+                          "--num_test_fg", "1", "--size", "24"], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 0 and "--train_bg_per_fg 2 --test_bg_per_fg 2" in res.stdout
+    assert os.path.isfile(tmp_path / "Combined_Dataset" / "Test_set" / "test_bg_names.txt")

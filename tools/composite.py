@@ -35,13 +35,14 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 import argparse
 import json
 import math
-import tempfile
 from multiprocessing import Pool
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
+from core.imageio import read_image as _cv2_read  # 3-channel BGR uint8: how the reference reads fg, alpha, bg
+from core.imageio import copy_file_atomic, encode_image, remove_stale_temps, write_bytes_atomic, write_image
 from core.utils import UserError, run_cli
 
 METHODS = ("reference", "adobe")
@@ -150,60 +151,12 @@ def composite_adobe(fg, bg, alpha):
 # file I/O
 
 
-def write_bytes_atomic(path, data):
-    """Write ``data`` to ``path`` through a hidden temp file in the same folder + os.replace."""
-    folder, base = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{base}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def encode_image(img, ext=".png", params=()):
-    """cv2-encode a uint8 image (BGR or 1-channel) to bytes in the format of ``ext``."""
-    ok, buf = cv2.imencode(ext, np.ascontiguousarray(img), list(params))
-    if not ok:
-        raise RuntimeError(f"OpenCV could not encode a {img.shape} {img.dtype} image as {ext}")
-    return buf.tobytes()
-
-
-def write_image(path, img, params=()):
-    """Atomically write a uint8 image; the format follows the extension of ``path``."""
-    write_bytes_atomic(path, encode_image(img, os.path.splitext(path)[1], params))
-
-
-def copy_file_atomic(src, dst):
-    """Copy the bytes of ``src`` to ``dst`` atomically."""
-    with open(src, "rb") as f:
-        write_bytes_atomic(dst, f.read())
-
-
-def remove_stale_temps(folder):
-    """Delete the hidden ``.*.tmp`` files an interrupted run left in ``folder``."""
-    if os.path.isdir(folder):
-        for name in os.listdir(folder):
-            if name.startswith(".") and name.endswith(".tmp"):
-                os.remove(os.path.join(folder, name))
-
-
 def _pil():
     try:
         from PIL import Image
     except ImportError:
-        raise UserError("--method adobe needs Pillow (pip install Pillow; it normally comes with torchvision)") from None
+        raise UserError("--method adobe needs Pillow (pip install Pillow; torchvision normally brings it)") from None
     return Image
-
-
-def _cv2_read(path):
-    img = cv2.imread(path, cv2.IMREAD_COLOR)  # 3-channel BGR uint8, as the reference reads fg, alpha and bg
-    if img is None:
-        raise UserError(f"{path}: not a readable image")
-    return img
 
 
 def _pil_read(path, kind):
@@ -222,7 +175,7 @@ def _pil_read(path, kind):
                 im = im.convert("RGB")
             return np.asarray(im)[..., :3]
     except (OSError, SyntaxError, ValueError) as exc:  # Pillow's errors for unreadable files
-        raise UserError(f"{path}: not a readable image ({exc})") from None
+        raise UserError(f"{path}: not a readable image (Pillow cannot decode it)") from None
 
 
 def read_fg_alpha(fg_path, alpha_path, method):

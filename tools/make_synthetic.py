@@ -41,7 +41,8 @@ import cv2
 import numpy as np
 
 from core.utils import UserError, run_cli
-from tools.composite import COCO2014_PREFIX, composite_reference, write_bytes_atomic, write_image
+from core.imageio import write_bytes_atomic, write_image
+from tools.composite import COCO2014_PREFIX, composite_reference
 
 BG_SCALES = (0.6, 1.4, 1.0, 1.8, 0.8)  # cycled, so every pool has backgrounds smaller and larger than a fg
 JPEG_FG = [cv2.IMWRITE_JPEG_QUALITY, 95]
@@ -118,13 +119,13 @@ def make_foreground(rng, h, w):
 
 
 def trimap_from_alpha(alpha, kernel_size, iterations):
-    """Trimap uint8 h×w with values 0/128/255: 255 where the eroded alpha is 255,
-    0 where the dilated alpha is 0, 128 elsewhere (elliptic kernel)."""
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kernel_size, kernel_size))
-    trimap = np.full(alpha.shape, 128, np.uint8)
-    trimap[cv2.erode(alpha, kernel, iterations=iterations) >= 255] = 255
-    trimap[cv2.dilate(alpha, kernel, iterations=iterations) <= 0] = 0
-    return trimap
+    """SPEC §6's trimap rule (0/128/255), :func:`core.data.trimap_from_alpha`.
+
+    Imported on use: core.data imports torch, which this tool otherwise does not need.
+    """
+    from core.data import trimap_from_alpha as rule
+
+    return rule(alpha, kernel_size, iterations)
 
 
 def _side(rng, size, lo, hi):
@@ -237,13 +238,15 @@ def make_examples(out_dir, num=3, seed=0, height=480, width=640):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Write a tiny synthetic Adobe-layout matting dataset and/or demo examples.")
+    p = argparse.ArgumentParser(description="Write a tiny synthetic Adobe-layout matting dataset "
+                                            "and/or demo examples.")
     p.add_argument("--out", help="folder to hold Combined_Dataset/, train2017/ and VOC2012/")
     p.add_argument("--examples", help="also/only write composited examples to EXAMPLES/{image,trimap,alpha}")
     p.add_argument("--num_fg", type=int, default=4, help="training foregrounds (%(default)s)")
     p.add_argument("--num_test_fg", type=int, default=2, help="test foregrounds (%(default)s)")
     p.add_argument("--num_bg", type=int, help="distinct backgrounds per pool (default: one per list line)")
-    p.add_argument("--train_bg_per_fg", type=int, default=2, help="backgrounds per training fg (%(default)s; real: 100)")
+    p.add_argument("--train_bg_per_fg", type=int, default=2,
+                   help="backgrounds per training fg (%(default)s; real set: 100)")
     p.add_argument("--test_bg_per_fg", type=int, default=2, help="backgrounds per test fg (%(default)s; real: 20)")
     p.add_argument("--size", type=int, default=320, help="typical image side in pixels (%(default)s)")
     p.add_argument("--num_examples", type=int, default=3, help="examples written by --examples (%(default)s)")
