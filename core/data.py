@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import torch
 
-from core.imageio import read_image
+from core.imageio import read_gray, read_image
 from core.preprocess import make_input
 from core.utils import UserError
 from tools.composite import (composite_reference, fit_background_reference, make_composite, plan_set,
@@ -132,19 +132,18 @@ def sample_rng(seed, epoch, name):
 
 
 def worker_init_fn(worker_id):
-    """DataLoader ``worker_init_fn``: seed the global RNGs per worker, keep OpenCV single-threaded.
+    """DataLoader ``worker_init_fn``: seed Python's and NumPy's global RNGs per worker.
 
-    The sampling here draws only from :func:`sample_rng`; this is for anything
-    else that might use ``random``/``numpy.random``. Torch already gives every
-    worker ``base_seed + worker_id``, and ``base_seed`` follows the main
-    process's torch seed, so seed torch with ``seed + rank`` there. OpenCV
-    threads inside workers only compete with the other workers (results do not
-    depend on the thread count).
+    The sampling here draws only from :func:`sample_rng`; this covers anything
+    else that might use ``random``/``numpy.random``. Torch already seeds every
+    worker with ``base_seed + worker_id``, ``base_seed`` following the main
+    process's torch seed, so seed torch with ``seed + rank`` there. (Do not call
+    ``cv2.setNumThreads`` in a forked worker: it deadlocks once the parent has
+    used OpenCV's thread pool.)
     """
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
-    cv2.setNumThreads(1)
 
 
 # ---------------------------------------------------------------- sampling steps (SPEC §6)
@@ -186,10 +185,16 @@ def crop_origin(alpha, crop, rng):
     crop_h, crop_w = crop
     h, w = alpha.shape
     assert h >= crop_h and w >= crop_w, "upscale_to_crop must run first"
-    unknown = np.flatnonzero(cv2.inRange(alpha, 1, 254))
-    if unknown.size == 0:
+    unknown = cv2.inRange(alpha, 1, 254)  # 255 where 0 < alpha < 255
+    per_row = cv2.reduce(unknown, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel() // 255
+    total = int(per_row.sum())
+    if total == 0:
         return 0, 0
-    cy, cx = divmod(int(unknown[rng.integers(unknown.size)]), w)
+    # The k-th unknown pixel in row-major order, found row first (cheaper than listing them all).
+    k = int(rng.integers(total))
+    ends = np.cumsum(per_row)
+    cy = int(np.searchsorted(ends, k, side="right"))
+    cx = int(np.flatnonzero(unknown[cy])[k - (ends[cy] - per_row[cy])])
     cy = min(max(cy, crop_h / 2), h - crop_h / 2)
     cx = min(max(cx, crop_w / 2), w - crop_w / 2)
     return int(cy - crop_h / 2), int(cx - crop_w / 2)
@@ -316,7 +321,7 @@ def _same_size(arrays, paths):
 
 
 class CompositedDataset(_TrainingSet):
-    """The reference's training set on offline composites (Xu et al. 2017, §4; SPEC §6).
+    """The reference's training set on offline composites (Xu et al., CVPR 2017; SPEC §6).
 
     Folders as written by ``tools/composite.py`` (``Training_set/comp/{image,fg,bg,alpha}``),
     files paired by name. ``crop_sizes``: (h, w) pairs (:func:`parse_crop_sizes`);
@@ -334,10 +339,11 @@ class CompositedDataset(_TrainingSet):
     def __getitem__(self, index):
         name, paths = self.files[index]
         rng = self.rng(name)
-        image, fg, bg, alpha3 = (read_image(paths[k]) for k in ("image", "fg", "bg", "alpha"))
-        _same_size([image, fg, bg, alpha3], paths.values())
+        image, fg, bg = (read_image(paths[k]) for k in ("image", "fg", "bg"))
+        alpha = read_gray(paths["alpha"])  # channel 0 of a 3-channel read
+        _same_size([image, fg, bg, alpha], paths.values())
         crop = choose_crop_size(self.crop_sizes, rng)
-        return sample_from_composite(image, fg, bg, alpha3[:, :, 0], crop, rng, self.size, name)
+        return sample_from_composite(image, fg, bg, alpha, crop, rng, self.size, name)
 
 
 class OnlineCompositeDataset(_TrainingSet):
@@ -363,7 +369,8 @@ class OnlineCompositeDataset(_TrainingSet):
             raise UserError(f"{adobe_dir}: Adobe Combined_Dataset folder does not exist")
         self.jobs = plan_set(set_layout(adobe_dir, "train", bg_dir, int(bg_per_fg)))
         # (foreground job, sample name, background path), index i·N + k
-        self.samples = [(i, name, bg_path) for i, job in enumerate(self.jobs) for _, name, bg_path, _ in job["comps"]]
+        self.samples = [(i, name, bg_path) for i, job in enumerate(self.jobs)
+                        for _, name, bg_path, _ in job["comps"]]
 
     def __len__(self):
         return len(self.samples)

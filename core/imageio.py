@@ -8,6 +8,9 @@ import numpy as np
 
 from core.utils import UserError
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def read_image(path):
     """BGR uint8 H×W×3 (a grey file is expanded, an alpha channel dropped)."""
@@ -47,6 +50,7 @@ def write_bytes_atomic(path, data):
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

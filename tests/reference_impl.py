@@ -7,8 +7,10 @@ project's optimised code against, and the baseline a benchmark can time.
 * :class:`ReferenceDIM` — the network as the reference writes it: every layer
   called by name, out-of-place ReLUs and additions, every intermediate kept.
   Same parameter names as the released checkpoints, so any DIM state dict loads.
-* :func:`reference_forward` — build a :class:`ReferenceDIM` from a state dict
-  and run it once.
+* :func:`reference_from_state_dict` / :func:`reference_forward` — a
+  :class:`ReferenceDIM` holding a state dict, and one forward pass with it.
+* :func:`init_unsaturated` — random weights whose mattes are not saturated;
+  :func:`assert_same_matte` — how close two implementations' 8-bit mattes must be.
 * :func:`reference_input` — the reference's input building: torchvision
   ``ToTensor`` + ``Normalize`` on the RGB image, then ``trimap / 255.``.
 * :func:`reference_whole`, :func:`reference_crop`, :func:`reference_resize` —
@@ -23,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision import transforms
 
-__all__ = ["ReferenceDIM", "reference_forward", "reference_input", "reference_inference_once",
+__all__ = ["ReferenceDIM", "assert_same_matte", "init_unsaturated", "reference_from_state_dict", "reference_forward", "reference_input", "reference_inference_once",
            "reference_whole", "reference_crop", "reference_resize", "reference_predict"]
 
 
@@ -143,15 +145,48 @@ class ReferenceDIM(nn.Module):
         return pred_mattes, pred_alpha
 
 
+_DECODER_CONVS = ("deconv5_1", "deconv4_1", "deconv3_1", "deconv2_1", "deconv1_1")
+
+
+def init_unsaturated(model, seed):
+    """Fill every conv of a DIM network (this one or ``core.network.DIMNet``) with random
+    weights whose mattes use the whole 0..255 range; returns the model in eval mode.
+
+    PyTorch's default init gives a near-constant alpha, against which a fidelity
+    test could not fail. Here: He-normal weights, N(0, 0.1) biases, and without
+    skip connections the decoder convolutions doubled (each unpooling quarters
+    the signal's energy). Deterministic for a given ``seed``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if isinstance(mod, nn.Conv2d):
+                fan_in = mod.in_channels * mod.kernel_size[0] * mod.kernel_size[1]
+                gain = 2.0 if name in _DECODER_CONVS and not model.skip else 1.0
+                mod.weight.copy_(torch.randn(mod.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5 * gain)
+                mod.bias.copy_(torch.randn(mod.bias.shape, generator=gen) * 0.1)
+    return model.eval()
+
+
+def reference_from_state_dict(model_state_dict, stage, skip, conv6_kernel):
+    """A :class:`ReferenceDIM` in eval mode holding ``model_state_dict`` (strict load).
+
+    Built on the meta device and given the state dict's tensors, so no time is
+    spent on a random initialisation that would be overwritten.
+    """
+    with torch.device("meta"):
+        net = ReferenceDIM(stage=stage, skip=skip, conv6_kernel=conv6_kernel)
+    net.load_state_dict(model_state_dict, strict=True, assign=True)
+    return net.eval()
+
+
 def reference_forward(model_state_dict, x, stage, skip, conv6_kernel):
     """Build a :class:`ReferenceDIM`, load ``model_state_dict`` strictly and run ``x`` once.
 
     ``x``: N×4×H×W float32 (H, W multiples of 32). Returns ``(alpha, refined)``
     as the reference does (``refined`` is 0 for stages 0/1), without gradients.
     """
-    net = ReferenceDIM(stage=stage, skip=skip, conv6_kernel=conv6_kernel)
-    net.load_state_dict(model_state_dict, strict=True)
-    net.eval()
+    net = reference_from_state_dict(model_state_dict, stage=stage, skip=skip, conv6_kernel=conv6_kernel)
     with torch.no_grad():
         return net(x)
 
@@ -247,3 +282,22 @@ def reference_predict(net, image, trimap, mode="whole", max_size=1600, size_h=32
     origin_pred_mattes[trimap == 0] = 0.
     matte = (origin_pred_mattes * 255).astype(np.uint8)
     return (matte, origin_pred_mattes) if return_float else matte
+
+
+def assert_same_matte(ours, expected, context=""):
+    """Assert two uint8 mattes agree as closely as two float32 implementations can.
+
+    Equal arithmetic gives identical files. Different convolution kernels (e.g.
+    the project's channels-last inference path) differ by float rounding, ~1e-6,
+    which moves a truncated value by at most one level, except that rounding can
+    flip which of two nearly equal values a 2×2 max-pool picks; the unpooled
+    value then lands one pixel over and changes the alpha around it by up to a
+    few levels. So: ≥ 95% of pixels identical, ≥ 99.5% within one level, none
+    more than 8 levels apart. Pipeline errors (rounding instead of truncation, a
+    wrong resize, tile, skip, stage or input scaling) break these bounds.
+    """
+    ours, expected = np.asarray(ours), np.asarray(expected)
+    assert ours.dtype == np.uint8 and ours.shape == expected.shape, (context, ours.dtype, ours.shape, expected.shape)
+    diff = np.abs(ours.astype(np.int64) - expected.astype(np.int64))
+    stats = dict(identical=float((diff == 0).mean()), within_one=float((diff <= 1).mean()), max=int(diff.max()))
+    assert stats["identical"] >= 0.95 and stats["within_one"] >= 0.995 and stats["max"] <= 8, (context, stats)

@@ -1,0 +1,322 @@
+"""Predict alpha mattes for a folder of images and trimaps, and score them (SPEC §9).
+
+    python core/test.py --imgDir DATA/Test_set/comp/image --trimapDir DATA/Test_set/comp/trimap \\
+        --alphaDir DATA/Test_set/comp/alpha --saveDir result/comp1k \\
+        --resume model/stage1_skip_sad_52.9.pth --stage 1 --crop_or_resize whole --max_size 1600 --cuda
+
+Images and trimaps pair by file name (extension may differ); every pair is
+checked (exists, decodes, same size, trimap values) before anything is
+predicted. Each matte is written to ``--saveDir`` as an 8-bit PNG named like
+its image (``.png``). With ``--alphaDir`` each saved matte (the exact 8-bit
+array written) is scored with the Composition-1k metrics (``core.metrics``:
+SAD, MSE, Grad, Conn as the official MATLAB code computes them, ground truth
+read as ``evaluate.m`` reads it); the table is printed and written to
+``metrics.csv`` and ``metrics.json`` in ``--saveDir``.
+
+The loop (:func:`find_pairs`, :func:`check_pairs`, :func:`predict_folder`) is
+shared with ``core/demo.py`` and training-time validation.
+"""
+
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import argparse
+import time
+import warnings
+from collections import namedtuple
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from tqdm import tqdm
+
+from core.checkpoint import RELEASE_URL, load_model, unwrap
+from core.data import list_images
+from core.imageio import read_gray, read_image, write_image
+from core.inference import MODES, check_trimap, predict_matte, whole_size
+from core.metrics import (compute_metrics, format_table, mean_metrics, read_alpha, read_trimap, write_metrics_csv,
+                          write_metrics_json)
+from core.utils import UserError, run_cli, select_device, setup_logging
+
+RELEASED_MODEL = "stage1_skip_sad_52.9.pth"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+Pair = namedtuple("Pair", "name image trimap alpha")
+Pair.__doc__ = """One test item. ``name``: the matte's file name (image stem + ``.png``);
+``image``, ``trimap``: paths; ``alpha``: ground-truth path or None."""
+
+
+def _no_bar(progress):
+    """tqdm's ``disable``: no bar when asked, or when stderr is not a terminal (logs stay clean)."""
+    return None if progress else True
+
+
+# --------------------------------------------------------------------------- #
+# Pairing and checking
+# --------------------------------------------------------------------------- #
+def _preview(items, limit=3):
+    items = sorted(items)
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def find_pairs(img_dir, trimap_dir, alpha_dir=None, alpha_required=True):
+    """Pair every image of ``img_dir`` with the trimap (and alpha) of the same file stem.
+
+    Returns ``[Pair]`` sorted by name. Extra trimaps/alphas are ignored. Raises
+    :class:`UserError` naming the folder and the image(s) without a trimap, or
+    without an alpha when ``alpha_dir`` is given and ``alpha_required``
+    (otherwise such pairs get ``alpha=None``).
+    """
+    images = list_images(img_dir, "image")
+    trimaps = list_images(trimap_dir, "trimap")
+    alphas = list_images(alpha_dir, "ground-truth alpha") if alpha_dir else {}
+    missing = [os.path.join(img_dir, images[s]) for s in images if s not in trimaps]
+    if missing:
+        raise UserError(f"{trimap_dir}: no trimap for {len(missing)} image(s): {_preview(missing)} "
+                        "(trimaps pair with images by file name)")
+    if alpha_dir and alpha_required:
+        missing = [os.path.join(img_dir, images[s]) for s in images if s not in alphas]
+        if missing:
+            raise UserError(f"{alpha_dir}: no ground-truth alpha for {len(missing)} image(s): {_preview(missing)}")
+    return [Pair(name=stem + ".png", image=os.path.join(img_dir, images[stem]),
+                 trimap=os.path.join(trimap_dir, trimaps[stem]),
+                 alpha=os.path.join(alpha_dir, alphas[stem]) if stem in alphas else None)
+            for stem in sorted(images)]
+
+
+def _check_one(pair, mode, max_size):
+    """Decode one pair fully (a truncated file fails here, not mid-run) and check sizes."""
+    h, w = read_image(pair.image).shape[:2]
+    trimap = read_gray(pair.trimap)
+    if trimap.shape != (h, w):
+        raise UserError(f"{pair.trimap}: trimap is {trimap.shape[1]}×{trimap.shape[0]} but its image "
+                        f"{pair.image} is {w}×{h}")
+    check_trimap(trimap, pair.trimap)
+    if pair.alpha is not None:
+        gh, gw = read_alpha(pair.alpha).shape
+        if (gh, gw) != (h, w):
+            raise UserError(f"{pair.alpha}: ground-truth alpha is {gw}×{gh} but its image {pair.image} is {w}×{h}")
+    if mode == "whole":
+        try:
+            whole_size(h, w, max_size)
+        except ValueError as exc:
+            raise UserError(f"{pair.image}: {exc}") from None
+
+
+def check_pairs(pairs, mode="whole", max_size=1600, workers=None, progress=True):
+    """Check every pair before anything is predicted.
+
+    Each image, trimap and alpha is decoded (in a few threads: OpenCV releases
+    the GIL); image and trimap (and alpha) must have the same size, ``whole``
+    mode needs both sides ≥ 32. Trimap values other than 0/128/255 only warn
+    (:func:`core.inference.check_trimap`). Raises :class:`UserError` naming the
+    first bad file.
+    """
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(_check_one, p, mode, max_size) for p in pairs]
+        try:
+            for fut in tqdm(futures, desc="checking", unit="img", disable=_no_bar(progress), leave=False):
+                fut.result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def check_outputs(pairs, save_dir):
+    """Refuse to write a matte over one of the inputs (e.g. ``--saveDir`` = ``--imgDir`` with PNG images)."""
+    for pair in pairs:
+        target = os.path.join(save_dir, pair.name)
+        if not os.path.exists(target):
+            continue
+        for src in (pair.image, pair.trimap, pair.alpha):
+            if src and os.path.exists(src) and os.path.samefile(src, target):
+                raise UserError(f"{target}: writing the matte there would overwrite an input; "
+                                "choose another --saveDir")
+
+
+# --------------------------------------------------------------------------- #
+# Predicting and scoring
+# --------------------------------------------------------------------------- #
+FolderResult = namedtuple("FolderResult", "seconds rows means stopped")
+FolderResult.__doc__ = """What :func:`predict_folder` did. ``seconds``: per predicted image (prediction
+only); ``rows``: ``{name: {"sad", "mse", "grad", "conn"}}`` for the scored pairs;
+``means``: :func:`core.metrics.mean_metrics` of ``rows`` (None when nothing was
+scored or the loop stopped early); ``stopped``: ``should_stop()`` ended the loop."""
+
+
+def score_matte(pair, matte):
+    """The four metrics of ``matte`` (uint8 H×W, the array written to disk) against ``pair.alpha``.
+
+    Ground truth and trimap are read as the official ``evaluate.m`` reads them
+    (``core.metrics.read_alpha``/``read_trimap``), so this equals scoring the saved PNG.
+    """
+    gt = read_alpha(pair.alpha)
+    with warnings.catch_warnings():
+        # check_pairs already warned about odd trimap values once per file.
+        warnings.filterwarnings("ignore", message=r"trimap .*not 0/128/255")
+        trimap = read_trimap(pair.trimap)
+    if gt.shape != matte.shape or trimap.shape != matte.shape:
+        raise UserError(f"{pair.alpha}: ground truth {gt.shape[1]}×{gt.shape[0]}, trimap {pair.trimap} "
+                        f"{trimap.shape[1]}×{trimap.shape[0]} and image {pair.image} {matte.shape[1]}×{matte.shape[0]} "
+                        "differ in size")
+    return compute_metrics(matte, gt, trimap)
+
+
+def predict_folder(model, pairs, save_dir=None, mode="whole", max_size=1600, size=(320, 320), stage=None, amp=False,
+                   score=False, progress=True, should_stop=None):
+    """Predict every pair; write its 8-bit matte to ``save_dir/pair.name``; optionally score it.
+
+    The one loop behind ``core/test.py``, ``core/demo.py`` and training-time validation.
+
+    Args:
+        model: a DIMNet (DDP/compile wrappers are stripped) on any device; it is
+            put in eval mode and its train/eval mode restored afterwards.
+        pairs: ``[Pair]`` from :func:`find_pairs` (call :func:`check_pairs` once first).
+        save_dir: folder for the mattes (written atomically), or None to write nothing.
+        mode, max_size, size, stage, amp: as :func:`core.inference.predict`.
+        score: score each pair that has ``alpha`` with :func:`score_matte` (the
+            exact uint8 array written, i.e. what the saved PNG holds).
+        should_stop: optional callable, asked before each image; True ends the loop.
+    Returns:
+        :class:`FolderResult`.
+    """
+    if save_dir is not None:
+        check_outputs(pairs, save_dir)
+        os.makedirs(save_dir, exist_ok=True)
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    seconds, rows = [], {}
+    try:
+        bar = tqdm(pairs, desc="predicting", unit="img", disable=_no_bar(progress))
+        for pair in bar:
+            if should_stop is not None and should_stop():
+                return FolderResult(seconds, rows, None, True)
+            image, trimap = read_image(pair.image), read_gray(pair.trimap)
+            start = time.perf_counter()
+            matte = predict_matte(net, image, trimap, mode=mode, max_size=max_size, size=size, stage=stage, amp=amp)
+            seconds.append(time.perf_counter() - start)  # predict_matte returns a CPU array: GPU work is done
+            if save_dir is not None:
+                write_image(os.path.join(save_dir, pair.name), matte)
+            if score and pair.alpha:
+                rows[pair.name] = score_matte(pair, matte)
+            bar.set_postfix(s_per_img=f"{seconds[-1]:.3f}")
+    finally:
+        net.train(was_training)
+    return FolderResult(seconds, rows, mean_metrics(rows) if rows else None, False)
+
+
+def write_scores(save_dir, rows, means):
+    """Write ``metrics.csv`` and ``metrics.json`` into ``save_dir``; returns their paths."""
+    csv_path, json_path = os.path.join(save_dir, "metrics.csv"), os.path.join(save_dir, "metrics.json")
+    write_metrics_csv(csv_path, rows, means)
+    write_metrics_json(json_path, rows, means)
+    return csv_path, json_path
+
+
+# --------------------------------------------------------------------------- #
+# Command line (shared with core/demo.py)
+# --------------------------------------------------------------------------- #
+def add_inference_args(parser, resume_default=None):
+    """The reference's model and sizing flags, plus --skip/--no_skip and --amp."""
+    parser.add_argument("--resume", default=resume_default, required=resume_default is None,
+                        help="checkpoint to test" + (" (default: %(default)s)" if resume_default else ""))
+    parser.add_argument("--stage", type=int, choices=(0, 1, 2, 3), default=None,
+                        help="0/1: encoder-decoder alpha, 2/3: refined alpha (default: from the checkpoint)")
+    parser.add_argument("--skip", dest="skip", action="store_true", default=None,
+                        help="the model has skip connections (default: from the checkpoint or its file name)")
+    parser.add_argument("--no_skip", dest="skip", action="store_false", help="the model has no skip connections")
+    parser.add_argument("--crop_or_resize", choices=MODES, default="whole",
+                        help="whole: one pass at the size rounded down to /32 and capped at --max_size; "
+                             "crop: --size_h×--size_w tiles; resize: one pass at --size_h×--size_w (default: whole)")
+    parser.add_argument("--max_size", type=int, default=1600, help="cap on each side in whole mode (default: 1600)")
+    parser.add_argument("--size_h", type=int, default=320, help="tile/resize height for crop/resize (default: 320)")
+    parser.add_argument("--size_w", type=int, default=320, help="tile/resize width for crop/resize (default: 320)")
+    parser.add_argument("--cuda", action="store_true", help="run on the GPU (default: CPU)")
+    parser.add_argument("--amp", action="store_true", help="mixed precision (autocast) on the GPU")
+
+
+def check_inference_args(args):
+    """Flag values the network cannot use are user errors, not crashes mid-run."""
+    if args.crop_or_resize == "whole" and (args.max_size < 32 or args.max_size % 32):
+        raise UserError(f"--max_size must be a positive multiple of 32 (the network's input sides are), "
+                        f"got {args.max_size}")
+    if args.crop_or_resize != "whole":
+        for flag, value in (("--size_h", args.size_h), ("--size_w", args.size_w)):
+            if value < 32 or value % 32:
+                raise UserError(f"{flag} must be a positive multiple of 32, got {value}")
+
+
+def inference_kwargs(args):
+    """Keyword arguments of :func:`predict_folder` from the parsed flags."""
+    return dict(mode=args.crop_or_resize, max_size=args.max_size, size=(args.size_h, args.size_w),
+                stage=args.stage, amp=args.amp)
+
+
+def missing_checkpoint_hint(path):
+    """The one-line message for a checkpoint that is not there."""
+    return (f"{path}: no such checkpoint. Download the released model {RELEASED_MODEL} from {RELEASE_URL} "
+            f"into model/, or train one here with `bash train.sh` (or the CPU smoke run in the README)")
+
+
+def load_for_inference(args, logger):
+    """Device and model from the flags: ``(model in eval mode, info)``."""
+    if not os.path.isfile(args.resume):
+        raise UserError(missing_checkpoint_hint(args.resume))
+    device = select_device(args.cuda)
+    if args.amp and device.type != "cuda":
+        logger.info("--amp has no effect on the CPU")
+    model, info = load_model(args.resume, stage=args.stage, skip=args.skip, device=device)
+    if device.type == "cuda" and args.crop_or_resize != "whole":
+        torch.backends.cudnn.benchmark = True  # every forward has the same size
+    arch = info["arch"]
+    logger.info(f"model {args.resume}: skip={arch['skip']} ({info['skip_source']}), conv6 {arch['conv6_kernel']}×"
+                f"{arch['conv6_kernel']}, refinement head {'yes' if arch['refine'] else 'no'}, "
+                f"epoch {info['epoch']}, best SAD {info['best_sad']}; device {device}")
+    return model, info
+
+
+def log_speed(logger, seconds):
+    if seconds:
+        logger.info(f"{sum(seconds) / len(seconds):.3f} s per image on average over {len(seconds)} images "
+                    "(prediction only, without reading and writing files)")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Predict alpha mattes for a folder of images and trimaps "
+                                                 "and, with --alphaDir, score them (Composition-1k metrics).")
+    parser.add_argument("--imgDir", required=True, help="folder of images")
+    parser.add_argument("--trimapDir", required=True, help="folder of trimaps (0/128/255), same file names")
+    parser.add_argument("--alphaDir", default="", help="folder of ground-truth alphas: score the saved mattes")
+    parser.add_argument("--saveDir", required=True, help="folder to write the mattes (and metrics) to")
+    add_inference_args(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logger = setup_logging()
+    check_inference_args(args)
+    if os.path.exists(args.saveDir) and not os.path.isdir(args.saveDir):
+        raise UserError(f"{args.saveDir}: --saveDir exists and is not a folder")
+    if not os.path.isfile(args.resume):
+        raise UserError(missing_checkpoint_hint(args.resume))
+    pairs = find_pairs(args.imgDir, args.trimapDir, args.alphaDir or None)
+    check_pairs(pairs, args.crop_or_resize, args.max_size)
+    model, _ = load_for_inference(args, logger)
+    logger.info(f"{len(pairs)} images, mode {args.crop_or_resize}; writing to {args.saveDir}")
+    result = predict_folder(model, pairs, args.saveDir, score=bool(args.alphaDir), **inference_kwargs(args))
+    log_speed(logger, result.seconds)
+    if args.alphaDir:
+        print(format_table(result.rows, result.means))
+        csv_path, json_path = write_scores(args.saveDir, result.rows, result.means)
+        logger.info(f"wrote {csv_path} and {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Predict and score the Composition-1k test set with the reference's settings:
+# whole-image inference, max size 1600, stage 1, on the GPU (SPEC §9).
+#
+#   DATA_ROOT=data/Combined_Dataset bash deploy.sh
+#   DATA_ROOT=... CKPT=model/my.pth STAGE=2 SAVE_DIR=result/mine CUDA=0 bash deploy.sh --amp
+#
+# DATA_ROOT  folder holding Test_set/comp/{image,trimap,alpha} (made by tools/composite.py); required
+# COMP_NAME  the composite folder inside Test_set (default: comp; e.g. comp_adobe for Adobe's compositing)
+# CKPT       checkpoint (default: model/stage1_skip_sad_52.9.pth)
+# STAGE      0/1: encoder-decoder alpha, 2/3: refined alpha (default: 1)
+# SAVE_DIR   where the mattes, metrics.csv and metrics.json go (default: result/comp1k_stage$STAGE)
+# CUDA       1: run on the GPU (default), 0: on the CPU
+# Extra arguments go to core/test.py (e.g. --crop_or_resize crop, --amp, --no_skip).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+if [[ -z "${DATA_ROOT:-}" ]]; then
+    echo "error: set DATA_ROOT to the folder holding Test_set/comp/{image,trimap,alpha}, e.g. DATA_ROOT=data/Combined_Dataset bash deploy.sh (see tools/composite.py)" >&2
+    exit 2
+fi
+CKPT="${CKPT:-$REPO/model/stage1_skip_sad_52.9.pth}"
+STAGE="${STAGE:-1}"
+SAVE_DIR="${SAVE_DIR:-$REPO/result/comp1k_stage$STAGE}"
+CUDA="${CUDA:-1}"
+
+COMP="$DATA_ROOT/Test_set/${COMP_NAME:-comp}"
+for sub in image trimap alpha; do
+    if [[ ! -d "$COMP/$sub" ]]; then
+        echo "error: $COMP/$sub: no such folder (DATA_ROOT=$DATA_ROOT; build the test set with tools/composite.py)" >&2
+        exit 2
+    fi
+done
+
+DEVICE_FLAG=()
+case "$CUDA" in
+    1) DEVICE_FLAG=(--cuda) ;;
+    0) ;;
+    *) echo "error: CUDA must be 1 (GPU) or 0 (CPU), got '$CUDA'" >&2; exit 2 ;;
+esac
+
+exec python "$REPO/core/test.py" \
+    --imgDir "$COMP/image" --trimapDir "$COMP/trimap" --alphaDir "$COMP/alpha" \
+    --saveDir "$SAVE_DIR" --resume "$CKPT" --stage "$STAGE" \
+    --crop_or_resize whole --max_size 1600 --size_h 320 --size_w 320 \
+    ${DEVICE_FLAG[@]+"${DEVICE_FLAG[@]}"} "$@"
