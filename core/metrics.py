@@ -12,11 +12,14 @@ below refer to it). The essentials, all mirrored here:
 * Reported scales (§3): SAD /1000, MSE unscaled, Grad /1000, Conn /1000.
 * Arithmetic is float32 where the official code is single precision, and sums
   are accumulated in float32 sequentially, first down each column and then along
-  the row of column sums, like Octave's ``sum(sum(x))``. SAD, MSE and Conn are
-  therefore expected bit for bit equal to Octave; Grad may differ in the last
-  float32 bit of a few pixels because its double-precision filtering is done in
-  another order (separable instead of 2-D). A float64 port of the same formulas
-  agrees within ~4e-6 relative (METRICS.md pitfall 11).
+  the row of column sums, like Octave's ``sum(sum(x))``. Checked against the
+  official .m files run under GNU Octave 7.3: all four metrics equal bit for bit
+  (float32) on the five real examples, 600 random small maps (ties, empty
+  intersections, constant maps, odd trimap values) and the unit-test cases. Grad
+  filters in double in another order (separably), so a last-bit difference on a
+  rare pixel stays possible. A float64 port of the same formulas agrees within
+  ~4e-6 relative (METRICS.md pitfall 11); MATLAB's own summation order may differ
+  from Octave's in the last bits.
 * Grad: ``mat2gray`` per map, a 9×9 unit-L2-norm Gaussian-derivative kernel
   (σ = 1.4), replicate borders (§4.3).
 * Conn: thresholds k·0.1 in double against float32 alphas (153/255 counts as
@@ -46,12 +49,12 @@ import json
 import math
 import multiprocessing
 import os
-import tempfile
 import warnings
 
 import cv2
 import numpy as np
 
+from core.imageio import write_bytes_atomic
 from core.utils import UserError
 
 GRAD_SIGMA = 1.4  # gaussgradient's σ as called by compute_gradient_loss
@@ -73,13 +76,13 @@ def _as_255(x, name):
     if x.size == 0:
         raise ValueError(f"{name} is empty (shape {x.shape})")
     if x.dtype == np.uint8:
-        return x.astype(np.float64)
+        return np.ascontiguousarray(x, dtype=np.float64)  # C order: cv2 and the column sums rely on it
     if x.dtype in (np.float32, np.float64):
         lo, hi = float(x.min()), float(x.max())  # NaN propagates and fails below
         if not (0.0 <= lo and hi <= 1.0):
             raise ValueError(f"{name} is float with values in [{lo}, {hi}]; float alphas must lie in [0, 1] "
                              "(pass uint8 for 0..255 maps)")
-        return x.astype(np.float64) * 255.0
+        return np.ascontiguousarray(x, dtype=np.float64) * 255.0
     raise ValueError(f"{name} has dtype {x.dtype}; expected uint8 (0..255) or float32/float64 alpha in [0, 1]")
 
 
@@ -188,26 +191,26 @@ def conn_thresholds(step=CONN_STEP):
     return np.minimum(np.arange(n, dtype=np.float64) * step, 1.0)
 
 
+def _f32_at_least(t):
+    """Smallest float32 ≥ the double ``t``: for float32 x, x ≥ t in double ⇔ x ≥ this in float32."""
+    t32 = np.float32(t)
+    return t32 if float(t32) >= t else np.nextafter(t32, np.float32(np.inf))
+
+
 def largest_component(mask):
     """Largest 4-connected component of a bool H×W mask, as bool H×W (None if empty).
 
     Ties go to the component whose first pixel comes first in column-major
     order, the order of MATLAB/Octave's ``bwconncomp``.
     """
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=4,
-                                                           ltype=cv2.CV_32S)
+    n, labels = cv2.connectedComponents(mask.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
     if n < 2:
         return None
-    areas = stats[1:, cv2.CC_STAT_AREA]
-    tied = np.flatnonzero(areas == areas.max()) + 1
-    if len(tied) > 1:
-        # Column-major first pixel = (leftmost column, topmost row in that column).
-        left = stats[tied, cv2.CC_STAT_LEFT]
-        tied = tied[left == left.min()]
-        col = labels[:, left.min()]
-        best = min(tied, key=lambda lab: int(np.argmax(col == lab)))
-    else:
-        best = tied[0]
+    areas = np.bincount(labels[mask], minlength=n)  # cheaper than cv2's stats
+    areas[0] = 0
+    tied = np.flatnonzero(areas == areas.max())
+    # Column-major rank of a label = index of its first pixel in labels.T's raster order.
+    best = tied[0] if len(tied) == 1 else min(tied, key=lambda lab: int(np.argmax((labels.T == lab).ravel())))
     return labels == best
 
 
@@ -217,13 +220,14 @@ def level_map(p, g, step=CONN_STEP):
     A pixel gets t_{k-1} where it first leaves the largest component of
     (p ≥ t_k) & (g ≥ t_k), and 1 if it never does; an empty intersection
     drops every pixel still unassigned (project choice, see module doc).
+    Alphas are compared with the double thresholds exactly (via the smallest float32 ≥ t_k).
     """
     t = conn_thresholds(step)
-    p64, g64 = p.astype(np.float64), g.astype(np.float64)  # compare in double, like Octave
     L = np.ones(p.shape, np.float32)
     alive = np.ones(p.shape, bool)
     for k in range(1, len(t)):
-        omega = largest_component((p64 >= t[k]) & (g64 >= t[k]))
+        tk = _f32_at_least(t[k])
+        omega = largest_component((p >= tk) & (g >= tk))
         if omega is None:  # all higher thresholds are empty too
             L[alive] = t[k - 1]
             break
@@ -236,10 +240,11 @@ def _conn(P, G, mask, step=CONN_STEP):
     p = P.astype(np.float32) / np.float32(255)
     g = G.astype(np.float32) / np.float32(255)
     L = level_map(p, g, step)
+    theta = _f32_at_least(CONN_THETA)
 
     def phi(a):
         d = a - L
-        return np.where(d.astype(np.float64) >= CONN_THETA, np.float32(1) - d, np.float32(1))
+        return np.where(d >= theta, np.float32(1) - d, np.float32(1))
 
     return float(_sum_f32(np.abs(phi(p) - phi(g)) * mask) / np.float32(1000))
 
@@ -364,14 +369,13 @@ def list_alpha_names(alpha_dir):
     return names
 
 
-def _image_size(path):
-    """(height, width) from a PNG header without decoding; decodes other formats."""
+def _png_header(path):
+    """(height, width, colour type, bit depth) from a PNG's IHDR without decoding; None if not a PNG."""
     with open(path, "rb") as f:
-        head = f.read(24)
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
-        return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
-    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    return None if img is None else img.shape[:2]
+        head = f.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big"), head[25], head[24]
 
 
 def _name_list(names, limit=10):
@@ -380,8 +384,10 @@ def _name_list(names, limit=10):
 
 
 def check_folders(names, pred_dir, alpha_dir, trimap_dir):
-    """Before scoring: every name must have a prediction and a trimap of the ground
-    truth's size. Raises one UserError listing all missing files (or all size mismatches)."""
+    """Before scoring: every name must have a prediction and a trimap; PNGs are also
+    checked from their headers for the ground truth's size and for single-channel
+    8-bit predictions. Raises one UserError listing every missing file (or every
+    bad one). Other formats are checked when they are read."""
     for d, what in ((pred_dir, "prediction"), (trimap_dir, "trimap")):
         if not os.path.isdir(d):
             raise UserError(f"{what} folder not found: {d}")
@@ -394,13 +400,16 @@ def check_folders(names, pred_dir, alpha_dir, trimap_dir):
         raise UserError("; ".join(missing))
     bad = []
     for n in names:
-        size = _image_size(os.path.join(alpha_dir, n))
+        gt = _png_header(os.path.join(alpha_dir, n))
         for d in (pred_dir, trimap_dir):
-            other = _image_size(os.path.join(d, n))
-            if size is not None and other is not None and other != size:
-                bad.append(f"{os.path.join(d, n)} ({other[1]}×{other[0]}, ground truth {size[1]}×{size[0]})")
+            path = os.path.join(d, n)
+            other = _png_header(path)
+            if gt is not None and other is not None and other[:2] != gt[:2]:
+                bad.append(f"{path} ({other[1]}×{other[0]}, ground truth {gt[1]}×{gt[0]})")
+            elif d == pred_dir and other is not None and (other[2] != 0 or other[3] > 8):
+                bad.append(f"{path} (not a single-channel 8-bit PNG)")
     if bad:
-        raise UserError(f"{len(bad)} files differ in size from the ground truth: {_name_list(bad)}")
+        raise UserError(f"{len(bad)} files do not fit the ground truth: {_name_list(bad)}")
 
 
 def score_triplet(pred_path, alpha_path, trimap_path):
@@ -435,7 +444,7 @@ def score_folder(pred_dir, alpha_dir, trimap_dir, workers=1, progress=True):
             pool = multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)), initializer=_worker_init)
             results = pool.imap(_score_job, jobs)
         try:
-            for name, row in zip(names, results):
+            for name, row in zip(names, results, strict=True):
                 rows[name] = row
                 bar.update()
         finally:
@@ -484,20 +493,6 @@ def format_table(rows, means):
     return "\n".join(lines)
 
 
-def _atomic_write(path, text):
-    """Write text to ``path`` via a temporary file in the same folder and os.replace."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _json_value(v):
     return None if isinstance(v, float) and math.isnan(v) else v
 
@@ -507,7 +502,7 @@ def write_metrics_json(path, rows, means):
     written atomically; NaN is written as null (strict JSON)."""
     doc = {"images": {n: {k: _json_value(v) for k, v in r.items()} for n, r in rows.items()},
            "mean": {k: _json_value(v) for k, v in means.items()}}
-    _atomic_write(path, json.dumps(doc, indent=2) + "\n")
+    write_bytes_atomic(path, (json.dumps(doc, indent=2) + "\n").encode())
 
 
 def write_metrics_csv(path, rows, means):
@@ -518,4 +513,4 @@ def write_metrics_csv(path, rows, means):
     writer.writerow(["image", *METRIC_KEYS])
     for label, vals in [*rows.items(), ("mean", means)]:
         writer.writerow([label, *(repr(float(vals[k])) for k in METRIC_KEYS)])
-    _atomic_write(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue().encode())

@@ -17,7 +17,6 @@ from core.utils import run_cli
 from tools.evaluate import main
 
 REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "dim-examples"
 
 
 def make_folders(tmp_path, sizes=((20, 30), (24, 18), (16, 16))):
@@ -100,6 +99,12 @@ def test_three_channel_prediction_is_an_error(tmp_path, capsys):
     pred = arrays["img1.png"][0]
     cv2.imwrite(str(dirs["pred"] / "img1.png"), cv2.merge([pred, pred, pred]))
     err = cli_error(argv, capsys)
+    assert str(dirs["pred"] / "img1.png") in err and "not a single-channel 8-bit PNG" in err
+    # Not a PNG: caught when read.
+    (dirs["pred"] / "img1.png").unlink()
+    cv2.imwrite(str(dirs["pred"] / "img1.bmp"), cv2.merge([pred, pred, pred]))
+    (dirs["pred"] / "img1.bmp").rename(dirs["pred"] / "img1.png")
+    err = cli_error(argv, capsys)
     assert str(dirs["pred"] / "img1.png") in err and "3 channels" in err
 
 
@@ -143,21 +148,22 @@ def reference_metrics(pred, gt, trimap, ndimage):
         x = (x - x.min()) / (x.max() - x.min())
         return np.hypot(ndimage.convolve(x, hx, mode="nearest"), ndimage.convolve(x, hx.T, mode="nearest"))
 
-    L = np.full(P.shape, -1.0)
+    L = np.ones(P.shape)  # pixels never dropped keep 1
+    unassigned = np.ones(P.shape, bool)
+    P10, G10 = 10 * pred.astype(np.int32), 10 * gt.astype(np.int32)
     for k in range(1, 11):
-        B = (10 * P >= 255 * k) & (10 * G >= 255 * k)
-        labels, n = ndimage.label(B)  # default structure: 4-connectivity
-        if n == 0:
-            omega = np.zeros_like(B)
-        else:
+        labels, n = ndimage.label((P10 >= 255 * k) & (G10 >= 255 * k))  # default: 4-connectivity
+        omega = np.zeros(P.shape, bool)
+        if n:
             sizes = np.bincount(labels.ravel())[1:]
             tied = np.flatnonzero(sizes == sizes.max()) + 1
             if len(tied) > 1:
                 column_major = labels.T.ravel()
                 tied = [min(tied, key=lambda lab: np.argmax(column_major == lab))]
             omega = labels == tied[0]
-        L[(L == -1) & ~omega] = (k - 1) / 10
-    L[L == -1] = 1
+        dropped = unassigned & ~omega
+        L[dropped] = (k - 1) / 10
+        unassigned &= omega
 
     def phi(a):
         d = a - L
@@ -168,21 +174,46 @@ def reference_metrics(pred, gt, trimap, ndimage):
             "conn": np.abs(phi(p) - phi(g))[U].sum() / 1000}
 
 
-def test_real_examples_match_independent_implementation(tmp_path, capsys):
-    if not EXAMPLES.is_dir():
-        pytest.skip(f"{EXAMPLES} not present")
+# The official MATLAB code (evaluate.m and the four metric functions) run under GNU
+# Octave 7.3 + octave-image 2.14 on the five examples; 9 significant digits identify a
+# float32 exactly. Order: SAD, MSE, Grad, Conn.
+OCTAVE_REAL = {
+    "boy-1518482_1920_12.png": (19.6842823, 0.0134802666, 10.3685074, 18.4707756),
+    "dandelion-1335575_1920_1.png": (95.7325592, 0.0233037025, 37.8195381, 101.553139),
+    "light-bulb-376930_1920_11.png": (151.102707, 0.0320861563, 70.5580826, 143.921509),
+    "sieve-641426_1920_1.png": (116.355934, 0.0445099324, 113.269516, 117.036797),
+    "spring-289527_1920_15.png": (40.8601723, 0.0176580455, 27.1911964, 40.9346008),
+}
+
+
+@pytest.fixture(scope="module")
+def real_scores(tmp_path_factory):
+    """tools/evaluate.py's JSON for the five real examples (scored once per module)."""
+    examples = Path(__file__).resolve().parents[2] / "shared" / "data" / "dim-examples"
+    if not examples.is_dir():
+        pytest.skip(f"{examples} is not available")
+    js = tmp_path_factory.mktemp("real") / "m.json"
+    main(["--predDir", str(examples / "pred"), "--alphaDir", str(examples / "alpha"),
+          "--trimapDir", str(examples / "trimap"), "--json", str(js)])
+    return examples, json.loads(js.read_text())
+
+
+def test_real_examples_bit_exact_with_official_code(real_scores):
+    examples, doc = real_scores
+    assert list(doc["images"]) == sorted(os.listdir(examples / "alpha")) == sorted(OCTAVE_REAL)
+    for name, want in OCTAVE_REAL.items():
+        got = doc["images"][name]
+        assert [np.float32(got[k]) for k in ("sad", "mse", "grad", "conn")] == [np.float32(v) for v in want]
+
+
+def test_real_examples_match_independent_implementation(real_scores):
     ndimage = pytest.importorskip("scipy.ndimage")
-    js = tmp_path / "m.json"
-    main(["--predDir", str(EXAMPLES / "pred"), "--alphaDir", str(EXAMPLES / "alpha"),
-          "--trimapDir", str(EXAMPLES / "trimap"), "--json", str(js)])
-    doc = json.loads(js.read_text())
-    names = sorted(os.listdir(EXAMPLES / "alpha"))
-    assert list(doc["images"]) == names
+    examples, doc = real_scores
     want_rows = {}
-    for name in names:
-        pred = cv2.imread(str(EXAMPLES / "pred" / name), cv2.IMREAD_UNCHANGED)
-        gt = cv2.imread(str(EXAMPLES / "alpha" / name), cv2.IMREAD_UNCHANGED)[:, :, 2]
-        trimap = cv2.imread(str(EXAMPLES / "trimap" / name), cv2.IMREAD_UNCHANGED)
+    for name in doc["images"]:
+        pred = cv2.imread(str(examples / "pred" / name), cv2.IMREAD_UNCHANGED)
+        gt = cv2.imread(str(examples / "alpha" / name), cv2.IMREAD_UNCHANGED)[:, :, 2]
+        trimap = cv2.imread(str(examples / "trimap" / name), cv2.IMREAD_UNCHANGED)
         want_rows[name] = want = reference_metrics(pred, gt, trimap, ndimage)
         for key, value in want.items():
             assert doc["images"][name][key] == pytest.approx(value, rel=1e-5), (name, key)

@@ -55,7 +55,7 @@ def oracle_magnitude(a):
         return [[0.0] * W for _ in range(H)]
     img = [[(v - lo) / (hi - lo) for v in row] for row in a]
     hx = oracle_kernel()
-    hy = [list(r) for r in zip(*hx)]
+    hy = [list(r) for r in zip(*hx, strict=True)]
     gx, gy = oracle_conv(img, hx), oracle_conv(img, hy)
     return [[math.hypot(gx[y][x], gy[y][x]) for x in range(W)] for y in range(H)]
 
@@ -192,16 +192,21 @@ def step_magnitude(width, edge):
                      for x in range(width)])
 
 
-@pytest.mark.parametrize("low, high", [(0, 255), (50, 150), (0, 100)])
-def test_gradient_uses_mat2gray_per_map(low, high):
-    # Any two-level step becomes the same 0/1 step after mat2gray; the constant gt has
-    # zero gradient. /255 instead of mat2gray would scale the answer by ((high-low)/255)².
-    h, w, edge = 6, 14, 7
+def step_case(low, high, h=6, w=14, edge=7):
     pred = np.full((h, w), low, np.uint8)
     pred[:, edge:] = high
     gt = np.full((h, w), 37, np.uint8)
     trimap = np.full((h, w), 128, np.uint8)
     trimap[:, :2] = 0
+    return pred, gt, trimap
+
+
+@pytest.mark.parametrize("low, high", [(0, 255), (50, 150), (0, 100)])
+def test_gradient_uses_mat2gray_per_map(low, high):
+    # Any two-level step becomes the same 0/1 step after mat2gray; the constant gt has
+    # zero gradient. /255 instead of mat2gray would scale the answer by ((high-low)/255)².
+    h, w, edge = 6, 14, 7
+    pred, gt, trimap = step_case(low, high, h, w, edge)
     mag = step_magnitude(w, edge)
     want = h * float(np.sum(mag[2:] ** 2)) / 1000
     assert want > 0
@@ -248,26 +253,58 @@ def test_conn_excludes_background_label():
     assert connectivity_error(pred, gt, trimap) == 0.0
 
 
-def test_conn_empty_intersection_assigns_previous_threshold():
-    # pred 64 (0.251), gt 191 (0.749): the intersection is the whole map up to t = 0.2 and
-    # empty from t = 0.3, so every pixel gets L = 0.2. φ_p = 1 (d = 0.051),
-    # φ_g = 1 − (191/255 − 0.2). (Skipping empty thresholds would give L = 1 and 0.)
+def empty_intersection_case():
     pred = np.full((3, 4), 64, np.uint8)
     gt = np.full((3, 4), 191, np.uint8)
     trimap = np.full((3, 4), 128, np.uint8)
     trimap[0, 0] = 255
+    return pred, gt, trimap
+
+
+def test_conn_empty_intersection_assigns_previous_threshold():
+    # pred 64 (0.251), gt 191 (0.749): the intersection is the whole map up to t = 0.2 and
+    # empty from t = 0.3, so every pixel gets L = 0.2. φ_p = 1 (d = 0.051),
+    # φ_g = 1 − (191/255 − 0.2). (Skipping empty thresholds would give L = 1 and 0.)
+    pred, gt, trimap = empty_intersection_case()
     assert connectivity_error(pred, gt, trimap) == pytest.approx(11 * (191 / 255 - 0.2) / 1000, rel=1e-6)
+
+
+def case_153():
+    return np.full((2, 3), 153, np.uint8), np.full((2, 3), 200, np.uint8), np.full((2, 3), 128, np.uint8)
 
 
 def test_conn_153_counts_as_at_least_0_6():
     # 153/255 = 0.6 must pass t_6 = 0.6000000000000001, so L = 0.6 and Δ = 200/255 − 0.6;
     # dropping it at 0.6 (float64 alphas vs arange thresholds) gives L = 0.5 and Δ = 200/255 − 0.5.
-    pred = np.full((2, 3), 153, np.uint8)
-    gt = np.full((2, 3), 200, np.uint8)
-    trimap = np.full((2, 3), 128, np.uint8)
+    pred, gt, trimap = case_153()
     assert connectivity_error(pred, gt, trimap) == pytest.approx(6 * (200 / 255 - 0.6) / 1000, rel=1e-6)
     assert M.conn_thresholds()[6] == 0.6000000000000001
     assert M.conn_thresholds()[3] == 0.30000000000000004
+
+
+# The official MATLAB functions run under GNU Octave 7.3 + octave-image 2.14 on exactly these
+# inputs (saved as PNGs, read like evaluate.m; Grad and Conn /1000 as evaluate.m; the
+# empty-intersection guard of the GCA copy), printed with 9 significant digits, which
+# identifies a float32 exactly. Order: SAD, MSE, Grad, Conn.
+OCTAVE = {
+    "tie": (conn_tie_case, (0.000294117664, 0.00961168855, 9.28315148e-06, 0.000294117635)),
+    "tie_transposed": (lambda: tuple(a.T.copy() for a in conn_tie_case()),
+                       (0.000294117664, 0.00961168855, 9.28315148e-06, 0.0)),
+    "empty": (empty_intersection_case, (0.00547843101, 0.24804306, 0.0, 0.00603921618)),
+    "153": (case_153, (0.00110588246, 0.0339715518, 0.0, 0.00110588234)),
+    "step0_255": (lambda: step_case(0, 255), (0.0402588211, 0.435105681, 0.117544293, 0.0378000028)),
+    "step50_150": (lambda: step_case(50, 150), (0.020141175, 0.115632445, 0.117544293, 0.0205058884)),
+    "step0_100": (lambda: step_case(0, 100), (0.0147294132, 0.0443778038, 0.117544293, 0.0122705884)),
+    "random": (lambda: random_case(np.random.default_rng(0), 17, 23),
+               (0.0290705878, 0.042083513, 0.0186883751, 0.0298607834)),
+}
+
+
+@pytest.mark.parametrize("name", list(OCTAVE))
+def test_bit_exact_with_official_code_under_octave(name):
+    build, want = OCTAVE[name]
+    got = compute_metrics(*build())
+    assert [np.float32(got[k]) for k in M.METRIC_KEYS] == [np.float32(v) for v in want]
 
 
 def test_float_inputs_equal_uint8_inputs():
@@ -277,6 +314,14 @@ def test_float_inputs_equal_uint8_inputs():
         got = compute_metrics(pred.astype(dtype) / dtype(255), gt.astype(dtype) / dtype(255), trimap)
         assert got["sad"] == want["sad"] and got["mse"] == want["mse"] and got["conn"] == want["conn"]
         assert got["grad"] == pytest.approx(want["grad"], rel=1e-6)
+
+
+def test_non_contiguous_inputs():
+    pred, gt, trimap = random_case(np.random.default_rng(4), 30, 26)
+    want = compute_metrics(pred.T.copy(), gt.T.copy(), trimap.T.copy())
+    assert compute_metrics(pred.T, gt.T, trimap.T) == want
+    assert compute_metrics(pred[::2, 1:], gt[::2, 1:], trimap[::2, 1:]) == \
+        compute_metrics(*(np.ascontiguousarray(a[::2, 1:]) for a in (pred, gt, trimap)))
 
 
 def test_sums_are_sequential_float32_column_then_row():
@@ -311,7 +356,7 @@ def test_invalid_inputs_raise(args, match):
 # --------------------------------------------------------------------------- #
 def write_triplet(tmp_path, pred, gt, trimap):
     paths = [str(tmp_path / f"{what}.png") for what in ("pred", "alpha", "trimap")]
-    for path, img in zip(paths, (pred, gt, trimap)):
+    for path, img in zip(paths, (pred, gt, trimap), strict=True):
         assert cv2.imwrite(path, img)
     return paths
 
@@ -397,3 +442,13 @@ def test_json_and_csv_round_trip_atomically(tmp_path):
     assert lines[2] == "b.png,20.0,nan,7.0,13.0"
     assert lines[-1].startswith("mean,21.0,")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["m.csv", "m.json", "out"]  # no temp files left
+
+
+def test_float32_thresholds_equal_double_comparisons():
+    rng = np.random.default_rng(0)
+    for t in [*M.conn_thresholds(), M.CONN_THETA]:
+        t32 = M._f32_at_least(t)
+        x = np.concatenate([np.arange(256, dtype=np.float32) / np.float32(255),
+                            np.nextafter(np.float32(t), np.float32([-1, 2])), np.float32([t]),
+                            rng.random(1000).astype(np.float32)])
+        np.testing.assert_array_equal(x >= t32, x.astype(np.float64) >= t)
