@@ -240,11 +240,13 @@ def atomic_torch_save(obj, path):
     write_bytes_atomic(path, buf.getbuffer())
 
 
-def save_checkpoint(path, model, epoch, best_sad, optimizer=None, config=None):
+def save_checkpoint(path, model, epoch, best_sad, optimizer=None, config=None, train_state=None):
     """Write a checkpoint in the reference's format plus this project's metadata.
 
     ``epoch`` is stored as given: the reference stores the *next* epoch to run.
-    ``config`` must hold plain values (str, int, float, bool, None, lists, dicts).
+    ``config`` (the resolved run configuration) and ``train_state`` (where a
+    run stopped inside an epoch, AMP scaler state) must hold plain values
+    (str, int, float, bool, None, lists, dicts, tensors).
     """
     net = unwrap(model)
     obj = {
@@ -258,6 +260,8 @@ def save_checkpoint(path, model, epoch, best_sad, optimizer=None, config=None):
         obj["optimizer"] = optimizer.state_dict()
     if config is not None:
         obj["config"] = config
+    if train_state is not None:
+        obj["train_state"] = train_state
     atomic_torch_save(obj, path)
 
 

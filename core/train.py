@@ -1,0 +1,578 @@
+"""Train Deep Image Matting (Xu et al., CVPR 2017; SPEC §4, §6–§8).
+
+The reference's settings (``train.sh`` wraps exactly this)::
+
+    python core/train.py --stage 1 --crop_h 320,480,640 --crop_w 320,480,640 --size_h 320 --size_w 320 \\
+        --imgDir $D/Training_set/comp/image --fgDir $D/Training_set/comp/fg \\
+        --bgDir $D/Training_set/comp/bg --alphaDir $D/Training_set/comp/alpha \\
+        --testImgDir $D/Test_set/comp/image --testTrimapDir $D/Test_set/comp/trimap \\
+        --testAlphaDir $D/Test_set/comp/alpha --saveDir model/stage1 \\
+        --pretrain model/vgg_state_dict.pth --cuda --logFile model/stage1/train.log
+
+Several GPUs (one process each; ``--log`` cannot pass through torchrun, use ``--logFile``)::
+
+    torchrun --standalone --nproc_per_node=4 core/train.py … --cuda --logFile model/stage1/train.log
+
+Stages: 0 encoder-decoder with the simple alpha loss; 1 encoder-decoder with
+wl·alpha + (1 − wl)·composition loss; 2 only the refinement head (encoder-decoder
+frozen, start it with ``--pretrain`` from a stage-1 model); 3 everything with
+both losses. Epochs count from 1; ``ckpt_e{N}.pth`` stores ``epoch = N + 1``, the
+next epoch to run, like the reference. ``ckpt_last.pth`` is rewritten after
+every epoch and when the run is stopped (Ctrl-C or SIGTERM: the current
+iteration finishes, the state is saved, the process exits 130/143); ``--resume``
+continues from any of them at the stored epoch and iteration.
+"""
+
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import argparse
+import datetime
+import json
+import math
+import signal
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from core import data
+from core.checkpoint import check_state_dict, load_partial, read_checkpoint, save_checkpoint, unwrap
+from core.inference import MODES
+from core.losses import stage_loss
+from core.metrics import format_table
+from core.network import build_model, freeze_encoder_decoder, stage_has_refine
+from core.test import check_pairs, find_pairs, predict_folder
+from core.utils import UserError, dist_env, run_cli, seed_everything, select_device, setup_logging
+from tools.composite import write_bytes_atomic
+
+# Batch keys each stage's loss reads (besides the network input).
+STAGE_KEYS = {0: ("alpha", "trimap"), 1: ("alpha", "trimap", "image", "fg", "bg"),
+              2: ("alpha", "trimap"), 3: ("alpha", "trimap", "image", "fg", "bg")}
+# Config keys whose change on --resume is worth a log line.
+WATCHED_KEYS = ("stage", "lr", "step", "batchSize", "nEpochs", "wl_weight", "crop_h", "crop_w", "size_h",
+                "size_w", "seed", "skip", "conv6_kernel", "amp", "online", "world_size")
+
+
+# ---------------------------------------------------------------- command line
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        description="Train Deep Image Matting (the reference's flags; see train.sh for its settings).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = p.add_argument_group("training data (offline composites from tools/composite.py)")
+    d.add_argument("--imgDir", help="composited images (Training_set/comp/image)")
+    d.add_argument("--fgDir", help="foregrounds saved beside each composite (Training_set/comp/fg)")
+    d.add_argument("--bgDir", help="fitted backgrounds saved beside each composite (Training_set/comp/bg)")
+    d.add_argument("--alphaDir", help="alphas saved beside each composite (Training_set/comp/alpha)")
+    d.add_argument("--crop_h", default="320,480,640", help="crop heights, one drawn per sample (pairs with --crop_w)")
+    d.add_argument("--crop_w", default="320,480,640", help="crop widths")
+    d.add_argument("--size_h", type=int, default=320, help="training sample height (multiple of 32)")
+    d.add_argument("--size_w", type=int, default=320, help="training sample width (multiple of 32)")
+    o = p.add_argument_group("online compositing instead (no Training_set/comp needed)")
+    o.add_argument("--online", action="store_true",
+                   help="compose each sample on the fly from the Adobe foregrounds and COCO backgrounds "
+                        "(same samples as the offline composites)")
+    o.add_argument("--adobeDir", help="the extracted Combined_Dataset folder (its Training_set name lists, "
+                                      "Adobe-licensed images/ and Other/)")
+    o.add_argument("--cocoDir", help="MS-COCO train2017 images (the training backgrounds)")
+    o.add_argument("--bgPerFg", type=int, default=100, help="backgrounds per foreground in the name lists")
+
+    t = p.add_argument_group("optimisation")
+    t.add_argument("--stage", type=int, default=1, choices=(0, 1, 2, 3),
+                   help="0: simple alpha loss; 1: alpha + composition loss; 2: refinement head only; "
+                        "3: everything, both losses")
+    t.add_argument("--batchSize", type=int, default=1, help="samples per iteration and process")
+    t.add_argument("--nEpochs", type=int, default=12, help="last epoch (epochs count from 1)")
+    t.add_argument("--lr", type=float, default=1e-5, help="Adam learning rate")
+    t.add_argument("--step", type=int, default=-1, help="lr/10 from this epoch on (≤ 0: no decay)")
+    t.add_argument("--wl_weight", type=float, default=0.5, help="alpha loss weight wl of the stage-1 loss")
+    t.add_argument("--threads", type=int, default=4, help="data-loader worker processes (0: load in the main process)")
+    t.add_argument("--seed", type=int, default=123, help="random seed (each process uses seed + rank)")
+    t.add_argument("--cuda", action="store_true", help="train on the GPU (default: CPU)")
+    t.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast + GradScaler); CUDA only")
+    t.add_argument("--dist_timeout", type=float, default=180,
+                   help="minutes a process waits for the others under torchrun (rank 0 tests alone)")
+
+    m = p.add_argument_group("model")
+    m.add_argument("--arch", default="vgg", choices=("vgg", "vgg16"),
+                   help="backbone (VGG-16 only; kept for old scripts)")
+    m.add_argument("--skip", dest="skip", action="store_true", default=True,
+                   help="add encoder features to the decoder (the best released model)")
+    m.add_argument("--no_skip", dest="skip", action="store_false", help="no skip additions (older releases)")
+    m.add_argument("--conv6_kernel", type=int, default=3, choices=(1, 3),
+                   help="conv6_1 kernel (1 for models released before 2019-09-09)")
+    m.add_argument("--pretrain", help="initial weights, loaded where names and shapes fit "
+                                      "(model/vgg_state_dict.pth, or the previous stage's checkpoint)")
+    m.add_argument("--resume", help="checkpoint of this training to continue (weights, optimizer, epoch, best SAD)")
+
+    s = p.add_argument_group("checkpoints and logs")
+    s.add_argument("--saveDir", help="checkpoint folder (default: model/stage<STAGE>)")
+    s.add_argument("--ckptSaveFreq", type=int, default=1,
+                   help="save ckpt_e<N>.pth every this many epochs (≤ 0: never)")
+    s.add_argument("--printFreq", type=int, default=10, help="log a line every this many iterations")
+    s.add_argument("--log", "--logFile", "--train_log", dest="log", metavar="FILE",
+                   help="log file, appended to (default: <saveDir>/train.log); under torchrun write "
+                        "--logFile, since torchrun takes --log… options for itself")
+
+    v = p.add_argument_group("testing after epochs (the whole test set, as core/test.py)")
+    v.add_argument("--testFreq", type=int, default=1, help="test every this many epochs (≤ 0: never)")
+    v.add_argument("--testImgDir", help="test images (Test_set/comp/image)")
+    v.add_argument("--testTrimapDir", help="test trimaps, same file names")
+    v.add_argument("--testAlphaDir", help="ground-truth alphas, same file names")
+    v.add_argument("--testResDir", help="write the predicted mattes here (default: not written)")
+    v.add_argument("--crop_or_resize", default="whole", choices=MODES, help="test inference mode")
+    v.add_argument("--max_size", "--test_max_size", dest="max_size", type=int, default=1600,
+                   help="largest side fed to the network in whole mode")
+    return p
+
+
+def parse_args(argv=None):
+    """Parse and validate the flags; returns the argparse namespace (UserError on bad values)."""
+    args = build_parser().parse_args(argv)
+    checks = [(args.batchSize >= 1, "--batchSize must be at least 1"),
+              (args.nEpochs >= 1, "--nEpochs must be at least 1"),
+              (args.lr > 0 and math.isfinite(args.lr), "--lr must be a positive number"),
+              (0 <= args.wl_weight <= 1, "--wl_weight must lie in [0, 1]"),
+              (args.threads >= 0, "--threads must be 0 or more"),
+              (args.printFreq >= 1, "--printFreq must be at least 1"),
+              (args.seed >= 0, "--seed must be a non-negative integer"),
+              (args.max_size >= 32, "--max_size must be at least 32"),
+              (args.dist_timeout > 0, "--dist_timeout must be positive"),
+              (args.size_h > 0 and args.size_w > 0 and args.size_h % 32 == 0 and args.size_w % 32 == 0,
+               "--size_h/--size_w must be positive multiples of 32 (the network's input), "
+               f"got {args.size_h}×{args.size_w}")]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(msg)
+    data.parse_crop_sizes(args.crop_h, args.crop_w)  # raises UserError on a bad list
+    if args.online:
+        missing = [f for f, v in (("--adobeDir", args.adobeDir), ("--cocoDir", args.cocoDir)) if not v]
+        if missing:
+            raise UserError(f"--online needs {' and '.join(missing)}")
+        if args.bgPerFg < 1:
+            raise UserError("--bgPerFg must be at least 1")
+    else:
+        missing = [f for f, v in (("--imgDir", args.imgDir), ("--fgDir", args.fgDir), ("--bgDir", args.bgDir),
+                                  ("--alphaDir", args.alphaDir)) if not v]
+        if missing:
+            raise UserError(f"training data: {', '.join(missing)} missing (the Training_set/comp folders "
+                            "written by tools/composite.py), or use --online with --adobeDir and --cocoDir")
+    given = {f: v for f, v in (("--testImgDir", args.testImgDir), ("--testTrimapDir", args.testTrimapDir),
+                               ("--testAlphaDir", args.testAlphaDir))}
+    if any(given.values()) and not all(given.values()):
+        absent = ", ".join(f for f, v in given.items() if not v)
+        raise UserError(f"testing needs --testImgDir, --testTrimapDir and --testAlphaDir together; {absent} missing")
+    for flag, path in (("--resume", args.resume), ("--pretrain", args.pretrain)):
+        if path and not os.path.isfile(path):
+            raise UserError(f"{flag} {path}: no such checkpoint file")
+    if args.saveDir is None:
+        args.saveDir = os.path.join("model", f"stage{args.stage}")
+    if args.log is None:
+        args.log = os.path.join(args.saveDir, "train.log")
+    return args
+
+
+# ---------------------------------------------------------------- small pieces other modules may reuse
+
+def lr_at(epoch, lr, step):
+    """Learning rate of (1-based) ``epoch``: ``lr``, or ``lr/10`` from epoch ``step`` on when step > 0."""
+    return lr * 0.1 if step > 0 and epoch >= step else lr
+
+
+def init_weights(model):
+    """Xavier-normal init of every conv weight; biases keep PyTorch's default (SPEC §4)."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.xavier_normal_(module.weight)
+
+
+def layer_names(param_names):
+    """``conv1_1.weight``, ``conv1_1.bias`` … → ``conv1_1`` … (order kept, repeats dropped)."""
+    return list(dict.fromkeys(name.rsplit(".", 1)[0] for name in param_names))
+
+
+def apply_pretrain(model, path, log):
+    """``--pretrain``: load what fits by name and shape, log what loaded and what stayed random.
+
+    Returns ``(loaded, random, skipped)`` from :func:`core.checkpoint.load_partial`
+    (which raises UserError when nothing fits).
+    """
+    loaded, random, skipped = load_partial(model, path)
+    log.info(f"pretrain {path}: loaded {len(loaded)} tensors ({', '.join(layer_names(loaded))})")
+    log.info(f"pretrain: {len(random)} tensors keep their initialisation"
+             + (f" ({', '.join(layer_names(random))})" if random else ""))
+    if skipped:
+        log.info(f"pretrain: {len(skipped)} entries of the file unused: "
+                 + "; ".join(f"{k} ({why})" for k, why in sorted(skipped.items())))
+    return loaded, random, skipped
+
+
+def weights_finite(model):
+    """True when every parameter of ``model`` is finite (no NaN/inf to save)."""
+    return all(bool(torch.isfinite(p).all()) for p in unwrap(model).parameters())
+
+
+def format_eta(seconds):
+    """``Exa(h:m:s):HH:MM:SS``, the reference's time-left field."""
+    seconds = max(0, int(seconds))
+    return f"Exa(h:m:s):{seconds // 3600:0>2}:{seconds % 3600 // 60:0>2}:{seconds % 60:0>2}"
+
+
+# ---------------------------------------------------------------- stopping cleanly
+
+class StopRequest:
+    """Turns the first SIGINT/SIGTERM into a flag checked between iterations; a second SIGINT aborts."""
+
+    def __init__(self):
+        self.signum = 0
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame):
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this iteration and saving ckpt_last.pth "
+              "(Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+
+    def __call__(self):
+        return bool(self.signum)
+
+
+def _worker_init(worker_id):
+    # Ctrl-C reaches the whole process group: the main process stops cleanly, the workers must not die first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    data.worker_init_fn(worker_id)
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (also with one process) whose epoch order depends only on (seed, epoch);
+    ``skip`` leaves out the first samples of this rank's share, to continue an epoch mid-way."""
+
+    skip = 0
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.skip:])
+
+    def __len__(self):
+        return super().__len__() - self.skip
+
+
+# ---------------------------------------------------------------- the run
+
+class Trainer:
+    """One training run: rank, device, data, model, optimizer, checkpoints."""
+
+    def __init__(self, args, rank, world, device, log):
+        self.args, self.rank, self.world, self.device, self.log = args, rank, world, device, log
+        self.amp = bool(args.amp and device.type == "cuda")
+        self.stop = StopRequest()
+        self.best_sad = math.inf
+        self.start_epoch, self.start_iter, self.pending_test = 1, 0, False
+        self.last_ckpt = None  # the newest checkpoint written (or resumed from) that holds finite weights
+        self.testing = bool(args.testImgDir) and args.testFreq > 0
+        self.test_pairs = []
+        self.config = dict(vars(args), world_size=world,
+                           crop_sizes=[list(c) for c in data.parse_crop_sizes(args.crop_h, args.crop_w)])
+
+    # -- setup
+
+    def build(self):
+        a = self.args
+        seed_everything(a.seed + self.rank)
+        crops = data.parse_crop_sizes(a.crop_h, a.crop_w)
+        if a.online:
+            self.dataset = data.OnlineCompositeDataset(a.adobeDir, a.cocoDir, a.bgPerFg, crops,
+                                                       (a.size_h, a.size_w), a.seed)
+        else:
+            self.dataset = data.CompositedDataset(a.imgDir, a.fgDir, a.bgDir, a.alphaDir, crops,
+                                                  (a.size_h, a.size_w), a.seed)
+        self.sampler = ResumableSampler(self.dataset, num_replicas=self.world, rank=self.rank, shuffle=True,
+                                        seed=a.seed)
+        self.loader = DataLoader(self.dataset, batch_size=a.batchSize, sampler=self.sampler, num_workers=a.threads,
+                                 pin_memory=self.device.type == "cuda", worker_init_fn=_worker_init,
+                                 persistent_workers=False)
+        self.log.info(f"training set: {len(self.dataset)} samples ({'online' if a.online else 'offline'} "
+                      f"composites), {len(self.loader)} iterations per epoch and process, {self.world} process(es)")
+
+        model = build_model(a.stage, skip=a.skip, conv6_kernel=a.conv6_kernel)
+        init_weights(model)
+        if a.pretrain and not a.resume:
+            apply_pretrain(model, a.pretrain, self.log)
+        elif a.pretrain:
+            self.log.info(f"--pretrain {a.pretrain} ignored: --resume {a.resume} holds the weights")
+        elif a.stage == 2 and not a.resume:
+            self.log.warning("stage 2 without --pretrain trains a refinement head on a random encoder-decoder; "
+                             "pass --pretrain <stage-1 checkpoint>")
+        if a.stage == 2:
+            params = freeze_encoder_decoder(model)
+            self.log.info(f"stage 2: encoder-decoder frozen, training {len(params)} tensors of the refinement head")
+        else:
+            params = [p for p in model.parameters() if p.requires_grad]
+        model.to(self.device)
+        self.optimizer = torch.optim.Adam(params, lr=a.lr)
+        self.scaler = None
+        if self.amp:
+            new_api = hasattr(torch.amp, "GradScaler")  # torch ≥ 2.3
+            self.scaler = torch.amp.GradScaler("cuda") if new_api else torch.cuda.amp.GradScaler()
+        if a.resume:
+            self.resume(model, a.resume)
+        n = sum(p.numel() for p in model.parameters())
+        self.log.info(f"model: stage {a.stage}, {model.arch}, {n:,} parameters, "
+                      f"{sum(p.numel() for p in params):,} trained, device {self.device}"
+                      + (", mixed precision" if self.amp else ""))
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.model = model
+
+    def resume(self, model, path):
+        ckpt = read_checkpoint(path)  # UserError for a missing or corrupt file
+        saved = ckpt.get("arch") or {}
+        want_refine = stage_has_refine(self.args.stage)
+        has_refine = any(k.startswith("refine_") for k in ckpt["state_dict"])
+        if has_refine != want_refine:
+            raise UserError(f"{path}: a stage {'2/3' if has_refine else '0/1'} checkpoint cannot be resumed with "
+                            f"--stage {self.args.stage}; start the new stage from it with --pretrain {path}")
+        if "skip" in saved and bool(saved["skip"]) != self.args.skip:
+            raise UserError(f"{path} was trained {'with' if saved['skip'] else 'without'} skip connections: "
+                            f"resume with {'--skip' if saved['skip'] else '--no_skip'}")
+        check_state_dict(model, ckpt["state_dict"], path)
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+        if ckpt.get("epoch") is None:
+            raise UserError(f"{path}: no epoch stored (a bare state dict?): start from it with --pretrain instead")
+        self.start_epoch = ckpt["epoch"]
+        self.best_sad = math.inf if ckpt.get("best_sad") is None else ckpt["best_sad"]
+        if ckpt.get("optimizer"):
+            try:
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+            except (ValueError, KeyError) as exc:
+                raise UserError(f"{path}: its optimizer state does not fit this model ({exc})") from None
+        else:
+            self.log.warning(f"{path} holds no optimizer state (a reference or ckpt_best checkpoint): "
+                             "Adam starts afresh")
+        old = ckpt.get("config") or {}
+        state = ckpt.get("train_state") or {}
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if state.get("iteration"):
+            if (state.get("world_size"), state.get("batchSize")) == (self.world, self.args.batchSize):
+                self.start_iter = int(state["iteration"])
+            else:
+                self.log.warning(f"{path} stopped inside epoch {self.start_epoch} with another process count or "
+                                 "batch size: that epoch restarts from its beginning")
+        self.pending_test = bool(state.get("pending_test"))
+        changed = [f"{k} {old[k]!r} → {self.config[k]!r}" for k in WATCHED_KEYS
+                   if k in old and old[k] != self.config.get(k)]
+        best = f"best SAD {self.best_sad:.3f}" if math.isfinite(self.best_sad) else "not tested yet"
+        self.log.info(f"resumed {path}: epoch {self.start_epoch}, iteration {self.start_iter}, {best}"
+                      + (f"; changed: {', '.join(changed)}" if changed else ""))
+        self.last_ckpt = path
+
+    # -- checkpoints
+
+    def save(self, name, epoch, iteration=0, optimizer=True, pending_test=False):
+        """Write ``saveDir/name`` (rank 0 only); refuses non-finite weights. Returns the path or None."""
+        path = os.path.join(self.args.saveDir, name)
+        if not weights_finite(self.model):
+            self.log.error(f"not writing {path}: the weights hold NaN or inf")
+            return None
+        state = {"iteration": iteration, "pending_test": pending_test, "world_size": self.world,
+                 "batchSize": self.args.batchSize, "scaler": self.scaler.state_dict() if self.scaler else None}
+        save_checkpoint(path, self.model, epoch, self.best_sad, optimizer=self.optimizer if optimizer else None,
+                        config=self.config, train_state=state)
+        self.log.info(f"checkpoint saved to {path} (epoch {epoch}" + (f", iteration {iteration}" if iteration else "")
+                      + ")")
+        return path
+
+    def write_config(self):
+        os.makedirs(self.args.saveDir, exist_ok=True)
+        text = json.dumps(self.config, indent=2, sort_keys=True) + "\n"
+        write_bytes_atomic(os.path.join(self.args.saveDir, "config.json"), text.encode("utf-8"))
+
+    # -- testing
+
+    def run_test(self, epoch):
+        """Rank 0: predict and score the test set as core/test.py does; keep ckpt_best.pth.
+
+        Returns False when a stop request ended the test early."""
+        a = self.args
+        self.log.info(f"testing after epoch {epoch} ({a.crop_or_resize}, max size {a.max_size})")
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = False  # test images come in many sizes
+        result = predict_folder(self.model, self.test_pairs, save_dir=a.testResDir or None, mode=a.crop_or_resize,
+                                max_size=a.max_size, size=(a.size_h, a.size_w), stage=a.stage, amp=self.amp,
+                                score=True, should_stop=self.stop)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        if result.stopped:
+            self.log.info(f"test after epoch {epoch} interrupted")
+            return False
+        means = result.means
+        self.log.info("per-image metrics:\n" + format_table(result.rows, means))
+        improved = means["sad"] < self.best_sad
+        speed = sum(result.seconds) / max(1, len(result.seconds))
+        self.log.info(f"Test epoch {epoch}: SAD {means['sad']:.3f} MSE {means['mse']:.5f} Grad {means['grad']:.3f} "
+                      f"Conn {means['conn']:.3f} ({means['n']} images, {speed:.3f} s/image); best SAD "
+                      f"{min(self.best_sad, means['sad']):.3f}" + (" (new best)" if improved else ""))
+        if improved:
+            self.best_sad = means["sad"]
+            self.save("ckpt_best.pth", epoch + 1, optimizer=False)
+        return True
+
+    # -- training
+
+    def sync(self, values):
+        """Sum a list of 0-d tensors/floats over the processes; returns Python floats."""
+        t = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device).detach().float().reshape(())
+                         for v in values])
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t.tolist()
+
+    def diverged(self, epoch, iteration, value):
+        where = f"{self.last_ckpt} (resume with --resume {self.last_ckpt})" if self.last_ckpt else \
+            "none: no checkpoint was written yet"
+        return UserError(f"loss is {value} at epoch {epoch}, iteration {iteration}: training diverged (lower --lr"
+                         f"{', or drop --amp' if self.amp else ''}); stopped without saving; "
+                         f"last good checkpoint: {where}")
+
+    def train_epoch(self, epoch):
+        """One epoch; returns False when a stop was requested (state saved), True when it completed."""
+        a = self.args
+        lr = lr_at(epoch, a.lr, a.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.dataset.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+        start = self.start_iter if epoch == self.start_epoch else 0
+        self.sampler.skip = start * a.batchSize
+        num_iter = start + len(self.loader)
+        batches = iter(self.loader)
+        self.model.train()
+        keys = STAGE_KEYS[a.stage]
+        t0, done = time.time(), 0
+        bar = tqdm(total=num_iter, initial=start, desc=f"epoch {epoch}/{a.nEpochs}", unit="it",
+                   disable=True if self.rank != 0 else None, dynamic_ncols=True)  # None: no bar when not a terminal
+        try:
+            for iteration, batch in enumerate(batches, start + 1):
+                x = batch["input"].to(self.device, non_blocking=True)
+                targets = {k: batch[k].to(self.device, non_blocking=True) for k in keys}
+                with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                    alpha, refined = self.model(x)
+                terms = stage_loss(a.stage, alpha, refined, targets, a.wl_weight)
+                names = list(terms)
+                *sums, stop = self.sync([*terms.values(), float(self.stop.signum)])
+                means = {k: v / self.world for k, v in zip(names, sums)}
+                if not all(math.isfinite(v) for v in means.values()):
+                    raise self.diverged(epoch, iteration, means["loss"])
+                if stop:
+                    if self.rank == 0:
+                        self.last_ckpt = self.save("ckpt_last.pth", epoch, iteration=iteration - 1) or self.last_ckpt
+                    return False
+                self.optimizer.zero_grad(set_to_none=True)
+                if self.scaler is not None:
+                    self.scaler.scale(terms["loss"]).backward()
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    terms["loss"].backward()
+                    self.optimizer.step()
+                done += 1
+                bar.set_postfix(loss=f"{means['loss']:.5f}", refresh=False)
+                bar.update()
+                if iteration % a.printFreq == 0:
+                    speed = (time.time() - t0) / done
+                    left = speed * (num_iter * (a.nEpochs - epoch + 1) - iteration)
+                    detail = "".join(f" {k.capitalize()}:{v:.5f}" for k, v in means.items() if k != "loss")
+                    self.log.info(f"Stage{a.stage}-Epoch[{epoch}/{a.nEpochs}]({iteration}/{num_iter}) Lr:{lr:.8f} "
+                                  f"Loss:{means['loss']:.5f}{detail} Speed:{speed:.5f}s/iter {format_eta(left)}")
+        finally:
+            bar.close()
+        return True
+
+    def end_epoch(self, epoch):
+        """Rank 0: test, ckpt_best, ckpt_e<N>, ckpt_last. Returns False when a stop was requested."""
+        a = self.args
+        if not weights_finite(self.model):  # every rank checks, so all stop together
+            raise UserError(f"the weights hold NaN or inf after epoch {epoch}: training diverged (lower --lr); "
+                            f"not saved; last good checkpoint: {self.last_ckpt or 'none'}")
+        if self.rank != 0:
+            return True
+        tested = True
+        if self.testing and epoch % a.testFreq == 0:
+            tested = self.run_test(epoch)
+        if a.ckptSaveFreq > 0 and epoch % a.ckptSaveFreq == 0:
+            self.save(f"ckpt_e{epoch}.pth", epoch + 1)
+        self.last_ckpt = self.save("ckpt_last.pth", epoch + 1, pending_test=not tested)
+        return tested
+
+    def run(self):
+        a = self.args
+        if self.rank == 0:
+            self.write_config()
+            self.log.info("config: " + json.dumps(self.config, sort_keys=True))
+        if a.amp and not self.amp:
+            self.log.warning("--amp needs --cuda: training in float32 on the CPU")
+        if self.testing and self.rank == 0:  # fail now, not after the first epoch
+            self.test_pairs = find_pairs(a.testImgDir, a.testTrimapDir, a.testAlphaDir)
+            check_pairs(self.test_pairs, a.crop_or_resize, a.max_size)
+            self.log.info(f"test set: {len(self.test_pairs)} images")
+        self.build()
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed training size: let cuDNN pick its fastest kernels
+        with self.stop:
+            if self.pending_test and self.testing and self.rank == 0:
+                self.run_test(self.start_epoch - 1)
+            if self.start_epoch > a.nEpochs:
+                self.log.info(f"nothing to do: the checkpoint's next epoch {self.start_epoch} is beyond "
+                              f"--nEpochs {a.nEpochs}")
+            for epoch in range(self.start_epoch, a.nEpochs + 1):
+                completed = self.train_epoch(epoch)
+                if completed:
+                    completed = self.end_epoch(epoch)
+                if self.sync([float(self.stop.signum or not completed)])[0]:
+                    signum = self.stop.signum or signal.SIGTERM
+                    self.log.info(f"stopped by {signal.Signals(signum).name}; continue with --resume "
+                                  f"{os.path.join(a.saveDir, 'ckpt_last.pth')}")
+                    return 128 + int(signum)
+        best = f"best test SAD {self.best_sad:.3f}" if math.isfinite(self.best_sad) else "not tested"
+        self.log.info(f"done ({best}); checkpoints in {a.saveDir}")
+        return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    rank, local_rank, world = dist_env()
+    device = select_device(args.cuda, local_rank)
+    log = setup_logging(args.log, rank)
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(minutes=args.dist_timeout))
+    try:
+        with logging_redirect_tqdm(loggers=[log]):
+            return Trainer(args, rank, world, device, log).run()
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    run_cli(main)
