@@ -25,6 +25,7 @@ import numpy as np
 
 from core.imageio import read_gray, read_image, write_image
 from core.metrics import format_table, read_alpha, read_prediction
+from core.cutout import cutout_options
 from core.test import (REPO_ROOT, RELEASED_MODEL, Pair, add_inference_args, check_inference_args, check_pairs,
                        find_pairs, inference_kwargs, load_for_inference, log_speed, predict_folder)
 from core.utils import UserError, run_cli, setup_logging
@@ -117,10 +118,11 @@ def main(argv=None):
     args = parse_args(argv)
     logger = setup_logging()
     check_inference_args(args)
+    cutout = cutout_options(args)
     model, _ = load_for_inference(args, logger)  # first: a missing model is the likeliest problem
     pairs = demo_pairs(args)
     check_pairs(pairs, args.crop_or_resize, args.max_size, progress=False)
-    result = predict_folder(model, pairs, args.saveDir, score=True, **inference_kwargs(args))
+    result = predict_folder(model, pairs, args.saveDir, score=True, cutout=cutout, **inference_kwargs(args))
     log_speed(logger, result.seconds)
     sides = write_side_by_side(pairs, args.saveDir)
     logger.info(f"wrote {len(pairs)} mattes to {args.saveDir} and side-by-side pictures to "

@@ -22,7 +22,7 @@ import torch
 
 from core.preprocess import make_input
 
-MODES = ("whole", "crop", "resize")
+MODES = ("whole", "crop", "resize", "tile")
 
 
 def check_trimap(trimap, name="trimap"):
@@ -48,20 +48,49 @@ def use_refined(model, stage=None):
     return stage >= 2
 
 
+def setup_backend(device="cpu", benchmark=False, threads=None):
+    """Process-wide backend settings for inference; entry points call it once.
+
+    Args:
+        device: where the model runs (str or ``torch.device``).
+        benchmark: CUDA only: let cuDNN time its kernels for each new input shape
+            and keep the fastest. Pays when shapes repeat (crop/resize modes,
+            training's fixed crops); in ``whole`` mode every photo size is a new
+            shape and costs a tuning pass, so leave it off there.
+        threads: CPU threads for torch (None: leave torch's default, all cores).
+
+    Returns the ``torch.device``. Nothing here changes a prediction beyond float
+    rounding. (Deliberately absent: a per-image ``torch.cuda.empty_cache()``,
+    which only makes the caching allocator ask the driver for memory again.)
+    """
+    device = torch.device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = bool(benchmark)
+    return device
+
+
 @torch.inference_mode()
 def forward_once(model, image_bgr, trimap, refined=None, amp=False):
     """One forward pass on an image whose sides are multiples of 32.
 
     ``image_bgr``: H×W×3 uint8 BGR; ``trimap``: H×W uint8. Returns the alpha,
     float32 H×W in [0, 1]: the refined one when ``refined`` (default: the model
-    has a refinement head).
+    has a refinement head). ``amp``: float16 autocast on CUDA (ignored on the
+    CPU); it changes mattes by a little more than float rounding.
+
+    ``inference_mode`` sends a ``DIMNet`` down ``forward_lean``: in-place,
+    memory-lean, channels-last on CUDA (see core/network.py).
     """
     if refined is None:
         refined = use_refined(model)
     param = next(model.parameters())
     x = torch.from_numpy(make_input(image_bgr, trimap))[None].to(param.device)
-    with torch.autocast(param.device.type, enabled=amp and param.device.type == "cuda"):
+    cuda_amp = amp and param.device.type == "cuda"
+    with torch.autocast(param.device.type, dtype=torch.float16, enabled=cuda_amp):
         alpha, refined_alpha = model(x)
+    del x
     out = refined_alpha if refined else alpha
     if out is None:
         raise ValueError("the refined alpha was asked for but the model has no refinement head")
@@ -110,18 +139,21 @@ def predict_crop(model, image_bgr, trimap, size=(320, 320), **kw):
     return acc / marks
 
 
-def predict(model, image_bgr, trimap, mode="whole", max_size=1600, size=(320, 320), stage=None, amp=False):
+def predict(model, image_bgr, trimap, mode="whole", max_size=1600, size=(320, 320), stage=None, amp=False,
+            tile_size=512, tile_overlap=64):
     """Predict an alpha matte before forcing: float32 H×W in [0, 1].
 
     Args:
         model: a ``DIMNet`` (eval mode, any device).
         image_bgr: H×W×3 uint8, BGR as read by OpenCV.
         trimap: H×W uint8, 0/128/255.
-        mode: ``whole`` | ``crop`` | ``resize`` (SPEC §9).
+        mode: ``whole`` | ``crop`` | ``resize`` (SPEC §9), or ``tile``: full resolution in
+            overlapping, blended windows with memory bounded by the window (``core.tiling``).
         max_size: cap on each side in ``whole`` mode.
         size: (size_h, size_w) for ``crop`` and ``resize``.
         stage: 0–3 picks the alpha (refined for 2/3); None: refined if the model has a head.
         amp: autocast on CUDA (ignored on the CPU).
+        tile_size, tile_overlap: window side and minimum overlap for ``tile``.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -133,6 +165,9 @@ def predict(model, image_bgr, trimap, mode="whole", max_size=1600, size=(320, 32
         return _through_size(model, image_bgr, trimap, *whole_size(h, w, max_size), **kw)
     if mode == "resize":
         return _through_size(model, image_bgr, trimap, size[0], size[1], **kw)
+    if mode == "tile":
+        from core.tiling import predict_tiles  # core.tiling builds on this module
+        return predict_tiles(model, image_bgr, trimap, tile=tile_size, overlap=tile_overlap, **kw)
     return predict_crop(model, image_bgr, trimap, size, **kw)
 
 

@@ -35,7 +35,9 @@ from tqdm import tqdm
 from core.checkpoint import RELEASE_URL, load_model, unwrap
 from core.data import list_images
 from core.imageio import read_gray, read_image, write_image
+from core.cutout import add_cutout_args, cutout_options, write_cutouts
 from core.inference import MODES, check_trimap, predict_matte, whole_size
+from core.tiling import check_tile_args
 from core.metrics import (compute_metrics, format_table, mean_metrics, read_alpha, read_trimap, write_metrics_csv,
                           write_metrics_json)
 from core.utils import UserError, run_cli, select_device, setup_logging
@@ -99,9 +101,9 @@ def _check_one(pair, mode, max_size):
         gh, gw = read_alpha(pair.alpha).shape
         if (gh, gw) != (h, w):
             raise UserError(f"{pair.alpha}: ground-truth alpha is {gw}×{gh} but its image {pair.image} is {w}×{h}")
-    if mode == "whole":
+    if mode in ("whole", "tile"):  # tile mode needs only both sides >= 32
         try:
-            whole_size(h, w, max_size)
+            whole_size(h, w, max_size if mode == "whole" else max(h, w, 32))
         except ValueError as exc:
             raise UserError(f"{pair.image}: {exc}") from None
 
@@ -167,7 +169,7 @@ def score_matte(pair, matte):
 
 
 def predict_folder(model, pairs, save_dir=None, mode="whole", max_size=1600, size=(320, 320), stage=None, amp=False,
-                   score=False, progress=True, should_stop=None):
+                   tile_size=512, tile_overlap=64, score=False, progress=True, should_stop=None, cutout=None):
     """Predict every pair; write its 8-bit matte to ``save_dir/pair.name``; optionally score it.
 
     The one loop behind ``core/test.py``, ``core/demo.py`` and training-time validation.
@@ -177,10 +179,12 @@ def predict_folder(model, pairs, save_dir=None, mode="whole", max_size=1600, siz
             put in eval mode and its train/eval mode restored afterwards.
         pairs: ``[Pair]`` from :func:`find_pairs` (call :func:`check_pairs` once first).
         save_dir: folder for the mattes (written atomically), or None to write nothing.
-        mode, max_size, size, stage, amp: as :func:`core.inference.predict`.
+        mode, max_size, size, stage, amp, tile_size, tile_overlap: as :func:`core.inference.predict`.
         score: score each pair that has ``alpha`` with :func:`score_matte` (the
             exact uint8 array written, i.e. what the saved PNG holds).
         should_stop: optional callable, asked before each image; True ends the loop.
+        cutout: None, or keyword arguments of :func:`core.cutout.write_cutouts`
+            (from :func:`core.cutout.cutout_options`): RGBA cut-outs beside the mattes.
     Returns:
         :class:`FolderResult`.
     """
@@ -198,10 +202,13 @@ def predict_folder(model, pairs, save_dir=None, mode="whole", max_size=1600, siz
                 return FolderResult(seconds, rows, None, True)
             image, trimap = read_image(pair.image), read_gray(pair.trimap)
             start = time.perf_counter()
-            matte = predict_matte(net, image, trimap, mode=mode, max_size=max_size, size=size, stage=stage, amp=amp)
+            matte = predict_matte(net, image, trimap, mode=mode, max_size=max_size, size=size, stage=stage, amp=amp,
+                                  tile_size=tile_size, tile_overlap=tile_overlap)
             seconds.append(time.perf_counter() - start)  # predict_matte returns a CPU array: GPU work is done
             if save_dir is not None:
                 write_image(os.path.join(save_dir, pair.name), matte)
+                if cutout:
+                    write_cutouts(save_dir, pair.name, image, matte, **cutout)
             if score and pair.alpha:
                 rows[pair.name] = score_matte(pair, matte)
             bar.set_postfix(s_per_img=f"{seconds[-1]:.3f}")
@@ -232,12 +239,18 @@ def add_inference_args(parser, resume_default=None):
     parser.add_argument("--no_skip", dest="skip", action="store_false", help="the model has no skip connections")
     parser.add_argument("--crop_or_resize", choices=MODES, default="whole",
                         help="whole: one pass at the size rounded down to /32 and capped at --max_size; "
-                             "crop: --size_h×--size_w tiles; resize: one pass at --size_h×--size_w (default: whole)")
+                             "crop: --size_h×--size_w tiles; resize: one pass at --size_h×--size_w; "
+                             "tile: full resolution in overlapping --tile_size windows, bounded memory (default: whole)")
     parser.add_argument("--max_size", type=int, default=1600, help="cap on each side in whole mode (default: 1600)")
     parser.add_argument("--size_h", type=int, default=320, help="tile/resize height for crop/resize (default: 320)")
     parser.add_argument("--size_w", type=int, default=320, help="tile/resize width for crop/resize (default: 320)")
     parser.add_argument("--cuda", action="store_true", help="run on the GPU (default: CPU)")
     parser.add_argument("--amp", action="store_true", help="mixed precision (autocast) on the GPU")
+    parser.add_argument("--tile_size", type=int, default=512,
+                        help="window side for --crop_or_resize tile, a multiple of 32 (default: 512)")
+    parser.add_argument("--tile_overlap", type=int, default=64,
+                        help="minimum overlap of neighbouring windows in tile mode (default: 64)")
+    add_cutout_args(parser)
 
 
 def check_inference_args(args):
@@ -245,7 +258,12 @@ def check_inference_args(args):
     if args.crop_or_resize == "whole" and (args.max_size < 32 or args.max_size % 32):
         raise UserError(f"--max_size must be a positive multiple of 32 (the network's input sides are), "
                         f"got {args.max_size}")
-    if args.crop_or_resize != "whole":
+    if args.crop_or_resize == "tile":
+        try:
+            check_tile_args(args.tile_size, args.tile_overlap)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    elif args.crop_or_resize != "whole":
         for flag, value in (("--size_h", args.size_h), ("--size_w", args.size_w)):
             if value < 32 or value % 32:
                 raise UserError(f"{flag} must be a positive multiple of 32, got {value}")
@@ -254,7 +272,7 @@ def check_inference_args(args):
 def inference_kwargs(args):
     """Keyword arguments of :func:`predict_folder` from the parsed flags."""
     return dict(mode=args.crop_or_resize, max_size=args.max_size, size=(args.size_h, args.size_w),
-                stage=args.stage, amp=args.amp)
+                stage=args.stage, amp=args.amp, tile_size=args.tile_size, tile_overlap=args.tile_overlap)
 
 
 def missing_checkpoint_hint(path):
@@ -301,6 +319,7 @@ def main(argv=None):
     args = parse_args(argv)
     logger = setup_logging()
     check_inference_args(args)
+    cutout = cutout_options(args)  # a bad --background fails before anything is predicted
     if os.path.exists(args.saveDir) and not os.path.isdir(args.saveDir):
         raise UserError(f"{args.saveDir}: --saveDir exists and is not a folder")
     if not os.path.isfile(args.resume):
@@ -309,7 +328,8 @@ def main(argv=None):
     check_pairs(pairs, args.crop_or_resize, args.max_size)
     model, _ = load_for_inference(args, logger)
     logger.info(f"{len(pairs)} images, mode {args.crop_or_resize}; writing to {args.saveDir}")
-    result = predict_folder(model, pairs, args.saveDir, score=bool(args.alphaDir), **inference_kwargs(args))
+    result = predict_folder(model, pairs, args.saveDir, score=bool(args.alphaDir), cutout=cutout,
+                            **inference_kwargs(args))
     log_speed(logger, result.seconds)
     if args.alphaDir:
         print(format_table(result.rows, result.means))

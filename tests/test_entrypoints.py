@@ -138,6 +138,33 @@ def test_test_py_modes_write_every_matte(tmp_path, ckpt, model, mode, extra, cap
     assert not (out / "metrics.json").exists()
 
 
+def test_test_py_tile_mode_and_cutouts(tmp_path, ckpt, model, capsys):
+    """--crop_or_resize tile goes through core.tiling; --rgba/--background write cut-outs beside the mattes."""
+    from core.inference import force_known, predict, to_uint8
+    from core.tiling import predict_tiles
+
+    root = make_folder(tmp_path / "data")
+    out = tmp_path / "pred"
+    argv = folder_args(root, ckpt, out, "--crop_or_resize", "tile", "--tile_size", "64", "--tile_overlap", "16",
+                       "--rgba", "--background", "0,255,0", "--fg_backend", "numpy")
+    status, _, err = run_main(test_mod.main, argv, capsys)
+    assert status == 0, err
+    image, trimap = cv2.imread(str(root / "image" / "a.png")), cv2.imread(str(root / "trimap" / "a.png"))[:, :, 0]
+    with torch.inference_mode():
+        alpha = predict_tiles(model, image, trimap, tile=64, overlap=16)
+        via_predict = predict(model, image, trimap, mode="tile", tile_size=64, tile_overlap=16)
+    assert np.array_equal(alpha, via_predict)
+    matte = cv2.imread(str(out / "a.png"), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(matte, to_uint8(force_known(alpha, trimap)))
+    rgba = cv2.imread(str(out / "cutout" / "a_rgba.png"), cv2.IMREAD_UNCHANGED)
+    assert rgba.shape == (64, 96, 4) and np.array_equal(rgba[:, :, 3], matte)
+    on_green = cv2.imread(str(out / "cutout" / "a_bg.png"))
+    assert np.array_equal(on_green[trimap == 0], np.tile([0, 255, 0], ((trimap == 0).sum(), 1)))
+    status, _, err = run_main(test_mod.main, folder_args(root, ckpt, tmp_path / "p2", "--crop_or_resize", "tile",
+                                                           "--tile_size", "48"), capsys)
+    assert status == 2 and "48" in err and err.count("\n") == 1
+
+
 def break_missing_trimap(root):
     (root / "trimap" / "b.png").unlink()
     return str(root / "image" / "b.jpg")
