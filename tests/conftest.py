@@ -15,6 +15,15 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: small convolutions run faster so on 2 shared cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def dim_examples():
     """The five real Composition-1k examples, or a skip where ../shared is absent."""

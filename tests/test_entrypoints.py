@@ -27,13 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL_EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "dim-examples-small"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small convolutions on a shared 2-core machine run several times faster on one thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,7 @@ from core.network import DIMNet  # noqa: E402
 from core.test import Pair, predict_folder  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small convolutions on a shared 2-core machine run several times faster on one thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class EchoTrimap(nn.Module):

@@ -96,14 +96,8 @@ class LossSpy:
         return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on tiny inputs the 28 M-parameter network is memory-bound, and a second
-    OpenMP thread on a busy 2-core machine made each iteration ~8× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# On tiny inputs the 28 M-parameter network is memory-bound: one thread is faster.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
