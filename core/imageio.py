@@ -23,6 +23,11 @@ def read_gray(path):
     return _imread(path, cv2.IMREAD_COLOR)[:, :, 0].copy()
 
 
+def read_unchanged(path):
+    """The file as stored (grey, BGR or BGRA), uint8; used for masks whose alpha channel matters."""
+    return _imread(path, cv2.IMREAD_UNCHANGED)
+
+
 def _imread(path, flags):
     path = os.fspath(path)
     if not os.path.isfile(path):

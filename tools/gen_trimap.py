@@ -49,7 +49,7 @@ import numpy as np
 from tqdm import tqdm
 
 from core.data import list_images, random_trimap, sample_rng, trimap_from_alpha
-from core.imageio import _imread, write_image
+from core.imageio import read_unchanged, write_image
 from core.utils import UserError, run_cli
 
 DEFAULT_WIDTH_FRAC = 0.01
@@ -58,7 +58,7 @@ DEFAULT_TOL = 0.02
 
 def read_mask(path):
     """uint8 H×W: the alpha channel of a 4-channel file, else channel 0 (UserError for unreadable files)."""
-    img = _imread(path, cv2.IMREAD_UNCHANGED)
+    img = read_unchanged(path)
     if img.ndim == 2:
         return img
     return img[:, :, 3].copy() if img.shape[2] == 4 else img[:, :, 0].copy()
