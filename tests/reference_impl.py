@@ -285,19 +285,18 @@ def reference_predict(net, image, trimap, mode="whole", max_size=1600, size_h=32
 
 
 def assert_same_matte(ours, expected, context=""):
-    """Assert two uint8 mattes agree as closely as two float32 implementations can.
+    """Assert two uint8 mattes differ by at most one grey level anywhere (the project's promise).
 
-    Equal arithmetic gives identical files. Different convolution kernels (e.g.
-    the project's channels-last inference path) differ by float rounding, ~1e-6,
-    which moves a truncated value by at most one level, except that rounding can
-    flip which of two nearly equal values a 2×2 max-pool picks; the unpooled
-    value then lands one pixel over and changes the alpha around it by up to a
-    few levels. So: ≥ 95% of pixels identical, ≥ 99.5% within one level, none
-    more than 8 levels apart. Pipeline errors (rounding instead of truncation, a
-    wrong resize, tile, skip, stage or input scaling) break these bounds.
+    The project's inference computes every convolution before a max-pool with
+    the reference's kernel, so pooling picks the same maxima; the decoder may
+    use faster kernels whose float rounding (~1e-6) can move a truncated value
+    by one level, never more, and only for values that sit on a level's
+    edge (so ≥ 95% of pixels stay identical). Pipeline errors (rounding instead
+    of truncation, a wrong resize, tile, skip, stage or input scaling) break
+    these bounds.
     """
     ours, expected = np.asarray(ours), np.asarray(expected)
     assert ours.dtype == np.uint8 and ours.shape == expected.shape, (context, ours.dtype, ours.shape, expected.shape)
     diff = np.abs(ours.astype(np.int64) - expected.astype(np.int64))
-    stats = dict(identical=float((diff == 0).mean()), within_one=float((diff <= 1).mean()), max=int(diff.max()))
-    assert stats["identical"] >= 0.95 and stats["within_one"] >= 0.995 and stats["max"] <= 8, (context, stats)
+    stats = dict(identical=float((diff == 0).mean()), max=int(diff.max()))
+    assert stats["max"] <= 1 and stats["identical"] >= 0.95, (context, stats)

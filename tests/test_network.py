@@ -76,13 +76,22 @@ def test_forward_outputs_and_refined_formula():
     assert DIMNet()(x)[1] is None
 
 
-def test_inference_mode_matches_autograd():
+def test_inference_mode_matches_autograd(monkeypatch):
+    # Inference runs forward_lean: exact kernels up to the last pooling, faster
+    # ones (rounding ~1e-6) in the decoder; with those off it is bit-identical.
+    import core.network
+
     model = _scaled(DIMNet(refine=True))
     x = torch.randn(1, 4, 64, 32)
     a1, r1 = model(x)
     with torch.inference_mode():
         a2, r2 = model(x)
-    assert torch.equal(a1.detach(), a2) and torch.equal(r1.detach(), r2)
+    assert (a1.detach() - a2).abs().max() < 0.5 / 255  # logits here reach hundreds
+    assert (r1.detach() - r2).abs().max() < 0.5 / 255
+    monkeypatch.setattr(core.network, "FAST_KERNELS", False)
+    with torch.inference_mode():
+        a3, r3 = model(x)
+    assert torch.equal(a1.detach(), a3) and torch.equal(r1.detach(), r3)
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 32, 32), (1, 4, 33, 32), (1, 4, 32, 40), (4, 32, 32), (1, 4, 0, 32)])
