@@ -146,7 +146,8 @@ class DIMNet(nn.Module):
         if torch.is_grad_enabled():
             raise RuntimeError("forward_lean overwrites activations in place: call it under torch.no_grad() "
                                "or torch.inference_mode()")
-        h = x if x.device.type == "cpu" else x.contiguous(memory_format=torch.channels_last)
+        # NCHW on the CPU, as the reference's deploy code feeds it (the encoder must run its kernels)
+        h = x.contiguous() if x.device.type == "cpu" else x.contiguous(memory_format=torch.channels_last)
         skips, offsets = [], []
         for block in ENCODER_BLOCKS:
             for name, _, _ in block:
@@ -256,9 +257,12 @@ def _scatter_nchw(h, offsets, out, chunk=1 << 20):
 FAST_KERNELS = True
 
 # Row strips bound the CPU's per-convolution temporaries (oneDNN copies NCHW
-# maps to its blocked layout and back; NNPACK's transform workspace is ~4× its
-# input) to about this many bytes of strip input + output.
-STRIP_BYTES = 48 << 20
+# maps to its blocked layout and back) to about this many bytes of strip input +
+# output. Smaller strips cost oneDNN nothing (measured 4–48 MB on 2 cores) ...
+STRIP_BYTES = 16 << 20
+# ... but the fast kernels want larger ones (NNPACK wastes halo rows and FFT
+# tiles on thin strips); its workspace is ~3× a strip's input.
+FAST_STRIP_FACTOR = 3
 # oneDNN picks the same kernel for strips of at least this many rows as for the
 # whole map, so strips give bit-identical results (tests/test_perf_equivalence.py).
 MIN_STRIP_ROWS = 32
@@ -268,9 +272,12 @@ MIN_STRIP_ROWS = 32
 _NATIVE_CONV_MAX_NUMEL = 20480
 
 
+_nnpack_failed = False  # set when an NNPACK call raised: oneDNN from then on
+
+
 def _nnpack_ok(x, conv):
-    if not (x.dtype == torch.float32 and conv.stride == (1, 1) and conv.dilation == (1, 1)
-            and conv.groups == 1 and torch._C._get_nnpack_enabled()):
+    if _nnpack_failed or not (x.dtype == torch.float32 and conv.stride == (1, 1) and conv.dilation == (1, 1)
+                              and conv.groups == 1 and torch._C._get_nnpack_enabled()):
         return False
     return torch.backends.nnpack.is_available()  # also initialises NNPACK, which its kernels need
 
@@ -292,8 +299,9 @@ def _conv_taps(conv, x, pad_h, pad_w):
     for b in range(n):  # 2-D products: a batched matmul here would transpose its result
         torch.mm(taps, x[b].reshape(cin, hi * wi), out=z[b])
     z = z.view(n, cout, kh, kw, hi, wi)
-    out = torch.empty((n, cout, ho, wo), dtype=x.dtype, device=x.device)
-    out.copy_(conv.bias.view(1, cout, 1, 1))
+    out = torch.zeros((n, cout, ho, wo), dtype=x.dtype, device=x.device)
+    if conv.bias is not None:
+        out.copy_(conv.bias.view(1, cout, 1, 1))
     for i in range(kh):
         dy = i - pad_h
         y0, y1 = max(0, -dy), min(ho, hi - dy)
@@ -308,7 +316,11 @@ def _conv_call(conv, x, pad_h, impl):
     """``conv`` on ``x`` with vertical zero padding ``pad_h`` (horizontal: the conv's own)."""
     pad = [pad_h, conv.padding[1]]
     if impl == "nnpack":
-        return torch._nnpack_spatial_convolution(x.contiguous(), conv.weight, conv.bias, pad)
+        global _nnpack_failed
+        try:
+            return torch._nnpack_spatial_convolution(x.contiguous(), conv.weight, conv.bias, pad)
+        except RuntimeError:  # a private op: should a build reject a shape, fall back for good
+            _nnpack_failed = True
     if impl == "taps":
         return _conv_taps(conv, x, *pad)
     return F.conv2d(x, conv.weight, conv.bias, padding=pad)
@@ -319,12 +331,13 @@ def conv_lean(conv, x, relu=True, exact=True):
 
     ``conv``: an ``nn.Conv2d`` with stride 1 and 'same' zero padding; ``x``:
     N×C×H×W. On the CPU a map taller than two strips is computed in row strips
-    of about :data:`STRIP_BYTES` (input + output), each with its halo rows,
-    into one preallocated output. ``exact`` (or :data:`FAST_KERNELS` off): the
-    same kernel as ``conv(x)``, bit for bit; otherwise the fastest CPU kernel: NNPACK (FFT/Winograd) for maps
-    with many output channels, :func:`_conv_taps` for few (the 1-channel
-    prediction layers, which oneDNN runs at ~2% of its usual speed). Other
-    devices: one plain call.
+    of about :data:`STRIP_BYTES` (input + output; :data:`FAST_STRIP_FACTOR`
+    times that for the fast kernels), each with its halo rows, into one
+    preallocated output. ``exact`` (or :data:`FAST_KERNELS` off): the same kernel
+    as ``conv(x)``, bit for bit; otherwise the fastest CPU kernel: NNPACK
+    (FFT/Winograd) for maps with many output channels, :func:`_conv_taps` for few
+    (the 1-channel prediction layers, which oneDNN runs at ~2% of its usual
+    speed). Other devices: one plain call.
     """
     impl = "onednn"
     if x.device.type == "cpu" and not exact and FAST_KERNELS:
@@ -332,7 +345,8 @@ def conv_lean(conv, x, relu=True, exact=True):
     n, _, height, width = x.shape
     pad = conv.padding[0]
     row_bytes = n * width * (conv.in_channels + conv.out_channels) * x.element_size()
-    rows = max(MIN_STRIP_ROWS, STRIP_BYTES // row_bytes, _NATIVE_CONV_MAX_NUMEL // (n * conv.in_channels * width) + 1)
+    budget = STRIP_BYTES * (1 if impl == "onednn" else FAST_STRIP_FACTOR)
+    rows = max(MIN_STRIP_ROWS, budget // row_bytes, _NATIVE_CONV_MAX_NUMEL // (n * conv.in_channels * width) + 1)
     if x.device.type != "cpu" or height < 2 * rows:
         y = _conv_call(conv, x, pad, impl)
         return y.relu_() if relu else y

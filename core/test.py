@@ -29,14 +29,13 @@ import warnings
 from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor
 
-import torch
 from tqdm import tqdm
 
 from core.checkpoint import RELEASE_URL, load_model, unwrap
 from core.data import list_images
 from core.imageio import read_gray, read_image, write_image
 from core.cutout import add_cutout_args, cutout_options, write_cutouts
-from core.inference import MODES, check_trimap, predict_matte, whole_size
+from core.inference import MODES, check_trimap, predict_matte, setup_backend, whole_size
 from core.tiling import check_tile_args
 from core.metrics import (compute_metrics, format_table, mean_metrics, read_alpha, read_trimap, write_metrics_csv,
                           write_metrics_json)
@@ -289,8 +288,8 @@ def load_for_inference(args, logger):
     if args.amp and device.type != "cuda":
         logger.info("--amp has no effect on the CPU")
     model, info = load_model(args.resume, stage=args.stage, skip=args.skip, device=device)
-    if device.type == "cuda" and args.crop_or_resize != "whole":
-        torch.backends.cudnn.benchmark = True  # every forward has the same size
+    # cuDNN autotuning pays only when every forward has the same size (crop/resize; tile windows)
+    setup_backend(device, benchmark=args.crop_or_resize in ("crop", "resize", "tile"))
     arch = info["arch"]
     logger.info(f"model {args.resume}: skip={arch['skip']} ({info['skip_source']}), conv6 {arch['conv6_kernel']}×"
                 f"{arch['conv6_kernel']}, refinement head {'yes' if arch['refine'] else 'no'}, "

@@ -1,6 +1,5 @@
 import collections
 import os
-import pickle
 import subprocess
 import sys
 
