@@ -1,5 +1,6 @@
 """Reading and writing images with errors users can act on."""
 
+import contextlib
 import os
 import tempfile
 
@@ -40,27 +41,36 @@ def _imread(path, flags):
     return img
 
 
-def write_bytes_atomic(path, data):
-    """Write ``data`` to ``path`` through a hidden temporary file in the same folder, then rename.
+@contextlib.contextmanager
+def atomic_path(path, suffix=".tmp"):
+    """Yield a temporary file name beside ``path``; when the block succeeds, rename it over ``path``.
 
-    A crash or kill mid-write leaves either the old file or none, never a partial
-    one (the temporary ``.name.XXXX.tmp`` may remain; see :func:`remove_stale_temps`).
+    For writers that want a file name (``torch.jit.save``, ONNX). A crash or
+    kill mid-write leaves either the old file or none, never a partial one
+    (the temporary ``.name.XXXX.tmp`` may remain; see :func:`remove_stale_temps`).
     """
     path = os.fspath(path)
     folder, base = os.path.split(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{base}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{base}.", suffix=suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_bytes_atomic(path, data):
+    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def encode_image(img, ext=".png", params=()):

@@ -27,13 +27,7 @@ from core.inference import setup_backend  # noqa: E402
 from core.network import DIMNet, conv_lean, pool_with_offsets, unpool_offsets  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Small convolutions on a shared 2-core machine run several times faster on one thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -46,13 +46,13 @@ import argparse
 import contextlib
 import importlib.util
 import logging
-import tempfile
 import warnings
 
 import torch
 import torch.nn.functional as F
 
 from core.checkpoint import load_model
+from core.imageio import atomic_path
 from core.inference import use_refined
 from core.utils import UserError, run_cli
 
@@ -95,28 +95,6 @@ def traceable_unpool():
         F._check_unpool_output_size = original
 
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-def _atomic_target(path, suffix):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
-    os.close(fd)
-    return tmp
-
-
-def _replace(tmp, path):
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def export_torchscript(module, sample, path):
     """Trace ``module`` on ``sample`` (N×4×H×W) and save it atomically to ``path``."""
     with torch.enable_grad(), traceable_unpool(), warnings.catch_warnings():  # reference path: see the module docstring
@@ -124,13 +102,8 @@ def export_torchscript(module, sample, path):
         # check_trace re-traces and compares constants; max_unpool2d's size arithmetic trips it
         # although the graph is right (the tests compare outputs at other sizes).
         traced = torch.jit.trace(module, (sample,), check_trace=False)
-        tmp = _atomic_target(path, ".pt")
-        try:
+        with atomic_path(path, ".pt") as tmp:
             torch.jit.save(traced, tmp)
-        except BaseException:
-            os.remove(tmp)
-            raise
-    _replace(tmp, path)
     return path
 
 
@@ -153,13 +126,8 @@ def export_onnx(module, sample, path, opset=DEFAULT_OPSET):
                                         dynamic_shapes=({0: batch, 2: 32 * h32, 3: 32 * w32},), verbose=False)
     finally:
         quiet.setLevel(level)
-    tmp = _atomic_target(path, ".onnx")
-    try:
+    with atomic_path(path, ".onnx") as tmp:
         program.save(tmp)
-    except BaseException:
-        os.remove(tmp)
-        raise
-    _replace(tmp, path)
     return path
 
 
