@@ -30,7 +30,7 @@ import torch
 
 from core.imageio import read_gray, read_image
 from core.preprocess import make_input
-from core.utils import UserError
+from core.utils import UserError, preview
 from tools.composite import (composite_reference, fit_background_reference, make_composite, plan_set,
                              read_fg_alpha, set_layout)
 
@@ -42,13 +42,6 @@ TRIMAP_ITERATIONS = tuple(range(5, 15))
 
 
 # ---------------------------------------------------------------- files
-
-def _preview(names, limit=5):
-    """'a, b, c' or 'a, b, c, d, e and 7 more' for one-line error messages."""
-    names = sorted(names)
-    shown = ", ".join(names[:limit])
-    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
-
 
 def list_images(folder, what="image"):
     """{stem: file name} of the images directly in ``folder`` (hidden files and non-images ignored).
@@ -68,7 +61,7 @@ def list_images(folder, what="image"):
             clashes.append(f"{stems[stem]}/{name}")
         stems[stem] = name
     if clashes:
-        raise UserError(f"{folder}: several {what} files share a name: {_preview(clashes)}")
+        raise UserError(f"{folder}: several {what} files share a name: {preview(clashes)}")
     if not stems:
         raise UserError(f"{folder}: {what} folder holds no image ({'/'.join(IMAGE_EXTENSIONS)})")
     return stems
@@ -89,7 +82,7 @@ def pair_files(dirs):
     for key, stems in listed.items():
         missing = every - stems.keys()
         if missing:
-            problems.append(f"{len(missing)} missing from {key} folder {dirs[key]}: {_preview(missing)}")
+            problems.append(f"{len(missing)} missing from {key} folder {dirs[key]}: {preview(missing)}")
     if problems:
         raise UserError(f"{' and '.join(dirs)} files do not pair: " + "; ".join(problems))
     first = next(iter(dirs))

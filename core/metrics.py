@@ -55,7 +55,7 @@ import cv2
 import numpy as np
 
 from core.imageio import write_bytes_atomic
-from core.utils import UserError
+from core.utils import UserError, preview
 
 GRAD_SIGMA = 1.4  # gaussgradient's σ as called by compute_gradient_loss
 GRAD_EPSILON = 0.01  # gaussgradient's truncation threshold → 9×9 kernel
@@ -378,11 +378,6 @@ def _png_header(path):
     return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big"), head[25], head[24]
 
 
-def _name_list(names, limit=10):
-    more = f" … and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
-
-
 def check_folders(names, pred_dir, alpha_dir, trimap_dir):
     """Before scoring: every name must have a prediction and a trimap; PNGs are also
     checked from their headers for the ground truth's size and for single-channel
@@ -395,7 +390,7 @@ def check_folders(names, pred_dir, alpha_dir, trimap_dir):
     for d, what in ((pred_dir, "predictions"), (trimap_dir, "trimaps")):
         absent = [n for n in names if not os.path.isfile(os.path.join(d, n))]
         if absent:
-            missing.append(f"{len(absent)} {what} missing in {d}: {_name_list(absent)}")
+            missing.append(f"{len(absent)} {what} missing in {d}: {preview(absent, 10, sort=False)}")
     if missing:
         raise UserError("; ".join(missing))
     bad = []
@@ -409,7 +404,7 @@ def check_folders(names, pred_dir, alpha_dir, trimap_dir):
             elif d == pred_dir and other is not None and (other[2] != 0 or other[3] > 8):
                 bad.append(f"{path} (not a single-channel 8-bit PNG)")
     if bad:
-        raise UserError(f"{len(bad)} files do not fit the ground truth: {_name_list(bad)}")
+        raise UserError(f"{len(bad)} files do not fit the ground truth: {preview(bad, 10, sort=False)}")
 
 
 def score_triplet(pred_path, alpha_path, trimap_path):

@@ -39,7 +39,7 @@ from core.inference import MODES, check_trimap, predict_matte, setup_backend, wh
 from core.tiling import check_tile_args
 from core.metrics import (compute_metrics, format_table, mean_metrics, read_alpha, read_trimap, write_metrics_csv,
                           write_metrics_json)
-from core.utils import UserError, run_cli, select_device, setup_logging
+from core.utils import UserError, preview, run_cli, select_device, setup_logging
 
 RELEASED_MODEL = "stage1_skip_sad_52.9.pth"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,12 +57,6 @@ def _no_bar(progress):
 # --------------------------------------------------------------------------- #
 # Pairing and checking
 # --------------------------------------------------------------------------- #
-def _preview(items, limit=3):
-    items = sorted(items)
-    more = f" and {len(items) - limit} more" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more
-
-
 def find_pairs(img_dir, trimap_dir, alpha_dir=None, alpha_required=True):
     """Pair every image of ``img_dir`` with the trimap (and alpha) of the same file stem.
 
@@ -76,12 +70,12 @@ def find_pairs(img_dir, trimap_dir, alpha_dir=None, alpha_required=True):
     alphas = list_images(alpha_dir, "ground-truth alpha") if alpha_dir else {}
     missing = [os.path.join(img_dir, images[s]) for s in images if s not in trimaps]
     if missing:
-        raise UserError(f"{trimap_dir}: no trimap for {len(missing)} image(s): {_preview(missing)} "
+        raise UserError(f"{trimap_dir}: no trimap for {len(missing)} image(s): {preview(missing, 3)} "
                         "(trimaps pair with images by file name)")
     if alpha_dir and alpha_required:
         missing = [os.path.join(img_dir, images[s]) for s in images if s not in alphas]
         if missing:
-            raise UserError(f"{alpha_dir}: no ground-truth alpha for {len(missing)} image(s): {_preview(missing)}")
+            raise UserError(f"{alpha_dir}: no ground-truth alpha for {len(missing)} image(s): {preview(missing, 3)}")
     return [Pair(name=stem + ".png", image=os.path.join(img_dir, images[stem]),
                  trimap=os.path.join(trimap_dir, trimaps[stem]),
                  alpha=os.path.join(alpha_dir, alphas[stem]) if stem in alphas else None)

@@ -9,6 +9,13 @@ import sys
 import numpy as np
 
 
+def preview(items, limit=5, sort=True):
+    """'a, b, c' or 'a, b, c, d, e and 7 more': a list of names for a one-line error message."""
+    items = sorted(items) if sort else list(items)
+    shown = ", ".join(map(str, items[:limit]))
+    return shown if len(items) <= limit else f"{shown} and {len(items) - limit} more"
+
+
 class UserError(Exception):
     """An error the user can fix (bad file, bad flag).
 

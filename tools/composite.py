@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from core.imageio import read_image as _cv2_read  # 3-channel BGR uint8: how the reference reads fg, alpha, bg
 from core.imageio import copy_file_atomic, encode_image, remove_stale_temps, write_bytes_atomic, write_image
-from core.utils import UserError, run_cli
+from core.utils import UserError, preview, run_cli
 
 METHODS = ("reference", "adobe")
 COCO2014_PREFIX = "COCO_train2014_"  # 15 characters; train2017 files drop it
@@ -219,11 +219,6 @@ def _read_names(path):
         return [line.strip() for line in f if line.strip()]
 
 
-def _quote_list(items):
-    shown = ", ".join(items[:MAX_LISTED])
-    return shown + (f" ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
-
-
 def set_layout(root_dir, which, bg_dir, bg_per_fg, comp_name="comp"):
     """Paths and settings of one set (``which`` is ``train`` or ``test``) as a dict."""
     if which == "train":
@@ -284,7 +279,7 @@ def plan_set(layout):
         jobs.append(dict(fg_name=fg_name, fg=fg_path, alpha=alpha_path, comps=comps))
     if missing:
         missing = list(dict.fromkeys(missing))  # a background may be listed more than once
-        raise UserError(f"{which} set: {len(missing)} listed files are missing: {_quote_list(missing)}")
+        raise UserError(f"{which} set: {len(missing)} listed files are missing: {preview(missing, MAX_LISTED, sort=False)}")
     return jobs
 
 
