@@ -301,45 +301,75 @@ def test_every_flag_but_log_passes_through_torchrun():
 
 
 PROBE = """
-import sys
+import json, os, signal, sys
 sys.path.insert(0, {root!r})
 import torch
+import torch.distributed as dist
 import core.train as T
+from core import data
 from core.checkpoint import unwrap
 from core.utils import run_cli
+from tests.tiny_model import tiny_build_model
 
-real_run = T.Trainer.run
+T.build_model = tiny_build_model  # the orchestration under test does not depend on the network's size
+seen, calls = [], [0]
+real_getitem, real_loss, real_run = data.CompositedDataset.__getitem__, T.stage_loss, T.Trainer.run
+
+
+def getitem(self, i):
+    seen.append((self.epoch, int(i)))
+    return real_getitem(self, i)
+
+
+def loss(*a, **k):  # rank 1 alone is stopped, in its first iteration of epoch 2
+    calls[0] += 1
+    if calls[0] == {stop_at} and os.environ["RANK"] == "1":
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real_loss(*a, **k)
+
 
 def run(self):
     status = real_run(self)
-    state = {{k: v.detach().clone() for k, v in unwrap(self.model).state_dict().items()}}
-    torch.save(state, {out!r} + f"/rank{{self.rank}}.pt")
-    return status
+    torch.save({{k: v.detach().clone() for k, v in unwrap(self.model).state_dict().items()}},
+               {out!r} + f"/rank{{self.rank}}.pt")
+    with open({out!r} + f"/rank{{self.rank}}.json", "w") as f:
+        json.dump({{"status": status, "seen": seen, "calls": calls[0]}}, f)
+    dist.barrier()  # both results written before either process exits
+    return 0
 
-T.Trainer.run = run
+
+data.CompositedDataset.__getitem__, T.stage_loss, T.Trainer.run = getitem, loss, run
 run_cli(T.main)
 """
 
 
-def test_two_process_gloo_run(dataset, tmp_path):
+def test_two_process_gloo_run(tmp_path):
+    """Two ranks split each epoch's samples between them, train the same weights, and stop together."""
+    six = write_dataset(tmp_path / "data", n_train=6)
     probe = tmp_path / "probe.py"
-    probe.write_text(textwrap.dedent(PROBE.format(root=str(ROOT), out=str(tmp_path))))
+    probe.write_text(textwrap.dedent(PROBE.format(root=str(ROOT), out=str(tmp_path), stop_at=4)))
     save = tmp_path / "ddp"
     log = tmp_path / "ddp.log"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(probe),
-           *base_args(dataset, save, "--nEpochs", "1", f"--logFile={log}")]
+           *base_args(six, save, "--nEpochs", "3", "--dist_timeout", "1", f"--logFile={log}")]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
-    assert tensors_equal(r0, r1)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    # epoch 1: each rank gets 3 of the 6 samples, none twice, none left out
+    e1 = [sorted(i for e, i in r["seen"] if e == 1) for r in (r0, r1)]
+    assert len(e1[0]) == len(e1[1]) == 3 and sorted(e1[0] + e1[1]) == list(range(6))
+    # rank 1's SIGTERM stops both ranks after the same iteration (epoch 2, iteration 1): 3 + 1 steps each
+    assert r0["status"] == r1["status"] == 143 and r0["calls"] == r1["calls"] == 4
+    w0, w1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert tensors_equal(w0, w1)
     raw = torch.load(save / "ckpt_last.pth", weights_only=True)
     assert all(not k.startswith("module.") for k in raw["state_dict"])
-    model, info = load_model(save / "ckpt_last.pth")
-    assert info["epoch"] == 2 and tensors_equal(model.state_dict(), r0)
+    assert raw["epoch"] == 2 and raw["train_state"]["iteration"] == 0 and raw["train_state"]["world_size"] == 2
+    assert tensors_equal(raw["state_dict"], w0) and raw["config"]["world_size"] == 2
     text = log.read_text()
-    assert "2 process(es)" in text and "1 iterations per epoch and process" in text
-    assert raw["config"]["world_size"] == 2
+    assert "2 process(es)" in text and "3 iterations per epoch and process" in text
+    assert "stopped by SIGTERM" in text
 
 
 def test_train_sh_passes_the_reference_settings(tmp_path):
