@@ -39,7 +39,7 @@ case "$CUDA" in
     *) echo "error: CUDA must be 1 (GPU) or 0 (CPU), got '$CUDA'" >&2; exit 2 ;;
 esac
 
-exec python "$REPO/core/test.py" \
+exec "${PYTHON:-python}" "$REPO/core/test.py" \
     --imgDir "$COMP/image" --trimapDir "$COMP/trimap" --alphaDir "$COMP/alpha" \
     --saveDir "$SAVE_DIR" --resume "$CKPT" --stage "$STAGE" \
     --crop_or_resize whole --max_size 1600 --size_h 320 --size_w 320 \

@@ -24,18 +24,22 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture
+def shared_data(name):
+    """``../shared/data/<name>``, or skip the test saying it is absent (users' clones have no ../shared)."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"{path} is not available: the real Composition-1k examples sit in ../shared beside "
+                    "the project's checkouts only")
+    return path
+
+
+@pytest.fixture(scope="session")
 def dim_examples():
-    """The five real Composition-1k examples, or a skip where ../shared is absent."""
-    path = SHARED_DATA / "dim-examples"
-    if not path.is_dir():
-        pytest.skip("../shared/data/dim-examples is not available")
-    return path
+    """The five real Composition-1k examples (image, trimap, alpha, pred), or a skip."""
+    return shared_data("dim-examples")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def dim_examples_small():
-    path = SHARED_DATA / "dim-examples-small"
-    if not path.is_dir():
-        pytest.skip("../shared/data/dim-examples-small is not available")
-    return path
+    """The same examples at quarter size, or a skip."""
+    return shared_data("dim-examples-small")

@@ -1,5 +1,8 @@
 import collections
+import io
 import os
+import pickle
+import pickletools
 import subprocess
 import sys
 
@@ -27,7 +30,7 @@ def test_python2_legacy_checkpoint_loads_exactly(tmp_path, small_state):
     raw = path.read_bytes()
     assert raw[:2] == b"\x80\x02" and b"PK\x03\x04" not in raw[:4]
     assert b"U\nstate_dict" in raw  # SHORT_BINSTRING, the way Python 2 wrote str
-    with pytest.raises(Exception):  # today's torch.load refuses these files
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):  # torch.load refuses the numpy scalar
         torch.load(path, weights_only=True)
     ckpt = read_checkpoint(path)
     assert ckpt["epoch"] == 12 and type(ckpt["best_sad"]) is float and ckpt["best_sad"] == 57.1234
@@ -68,8 +71,12 @@ def test_code_in_pickle_is_refused_and_never_runs(tmp_path, legacy, monkeypatch)
     assert not (tmp_path / "PWNED").exists()
 
 
-def test_bare_state_dict_with_module_prefix(tmp_path, small_state):
-    torch.save({"module." + k: v for k, v in small_state.items()}, tmp_path / "ddp.pth")
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])  # DDP, torch.compile, both
+def test_bare_state_dict_with_wrapper_prefixes(tmp_path, small_state, prefix):
+    torch.save({prefix + k: v for k, v in small_state.items()}, tmp_path / "ddp.pth")
+    assert list(read_checkpoint(tmp_path / "ddp.pth")["state_dict"]) == list(small_state)
+    if prefix != "module.":
+        return
     model, info = load_model(tmp_path / "ddp.pth", skip=False)
     assert info["skip_source"] == "command line" and not model.skip
     assert torch.equal(model.state_dict()["deconv1.weight"], small_state["deconv1.weight"])
@@ -95,7 +102,7 @@ def test_our_checkpoint_round_trip(tmp_path):
     opt2 = torch.optim.Adam(loaded.parameters(), lr=1e-5)
     opt2.load_state_dict(raw["optimizer"])
     assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+    assert sorted(os.listdir(tmp_path)) == ["ckpt_e3.pth"]  # no temporary file left beside it
 
 
 def test_save_is_atomic_when_interrupted(tmp_path, monkeypatch):
@@ -146,6 +153,14 @@ def test_mismatched_stage_and_shapes(tmp_path, small_state):
     torch.save({"state_dict": small_state}, path)
     with pytest.raises(UserError, match="needs a refinement head"):
         load_model(path, stage=2)
+    torch.manual_seed(2)
+    refined = DIMNet(refine=True, conv6_kernel=1).state_dict()
+    torch.save({"state_dict": refined}, path)
+    for stage in (0, 1):
+        with pytest.raises(UserError, match=f"s1.pth: the file holds a refinement head .* that --stage {stage} "
+                                            "would ignore: use --stage 2 or 3"):
+            load_model(path, stage=stage)
+    assert load_model(path, stage=2)[1]["arch"]["refine"] is True
     bad = dict(small_state)
     bad["deconv5_1.weight"] = torch.zeros(512, 512, 3, 3)
     del bad["deconv4_1.bias"]
@@ -173,3 +188,93 @@ def test_cli_error_is_one_line(tmp_path):
     code = "from core.checkpoint import load_model; from core.utils import run_cli; run_cli(lambda a: load_model('nope.pth'))"
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr == "error: nope.pth: no such checkpoint file\n"
+
+
+@pytest.mark.parametrize("name", ["stage0_norm_e12_sad_69.1.pth", "my_stage0_sad_72.9.pth"])
+def test_unsupported_early_releases_are_refused(tmp_path, small_state, name):
+    torch.save({"state_dict": small_state, "epoch": 12}, tmp_path / name)  # loadable weights, wrong preprocessing
+    with pytest.raises(UserError, match=f"{name}: this early release came from code whose input handling "
+                                        "differed; it is not supported"):
+        load_model(tmp_path / name)
+
+
+def test_encoder_only_file_is_explained(tmp_path, small_state):
+    # VGG-16's 13 convolutions, as tools/chg_model.py writes them (conv6_1 is not VGG's)
+    encoder = {k: v for k, v in small_state.items() if k.startswith("conv") and not k.startswith("conv6")}
+    torch.save(encoder, tmp_path / "vgg_state_dict.pth")
+    with pytest.raises(UserError, match=r"vgg_state_dict.pth: this holds only VGG-16 encoder weights \(as written "
+                                        r"by tools/chg_model.py\), not a trained matting model; use it for "
+                                        r"training with --pretrain"):
+        load_model(tmp_path / "vgg_state_dict.pth")
+
+
+def test_zip_checkpoint_with_numpy_scalars(tmp_path, small_state):
+    # numpy-era scripts store best_sad/epoch as numpy scalars; torch.save keeps them as such
+    path = tmp_path / "np.pth"
+    torch.save({"state_dict": small_state, "epoch": np.int64(7), "best_sad": np.float64(52.99),
+                "loss": np.float32(0.25)}, path)
+    ckpt = read_checkpoint(path)
+    assert ckpt["epoch"] == 7 and type(ckpt["epoch"]) is int
+    assert ckpt["best_sad"] == 52.99 and type(ckpt["best_sad"]) is float and ckpt["loss"] == np.float32(0.25)
+
+
+# --------------------------------------------------------------------------- #
+# The legacy reader's refusals, on files spliced from a valid legacy file
+
+def split_legacy(raw):
+    """A legacy file's five pickles (magic, protocol, sys info, object, storage keys) and the storage bytes."""
+    f = io.BytesIO(raw)
+    parts = []
+    for _ in range(5):
+        start = f.tell()
+        for _op in pickletools.genops(f):  # reads up to and including this pickle's STOP
+            pass
+        parts.append(raw[start:f.tell()])
+    return parts, raw[f.tell():]
+
+
+@pytest.fixture
+def legacy_parts(tmp_path):
+    save_py2_legacy({"state_dict": {"w": torch.arange(6.0)}, "epoch": 1}, tmp_path / "ok.pth")
+    parts, storage = split_legacy((tmp_path / "ok.pth").read_bytes())
+    assert read_checkpoint(tmp_path / "ok.pth")["epoch"] == 1  # the unspliced file loads
+    return parts, storage
+
+
+def write_parts(path, parts, storage):
+    path.write_bytes(b"".join(parts) + storage)
+    return path
+
+
+class BuildOnScalar:
+    """Pickles as an allowed global (numpy's scalar) followed by BUILD on the float it returns."""
+
+    def __reduce__(self):
+        return (np.float64(0).__reduce__()[0], (np.dtype("f8"), np.float64(1.5).tobytes()), {"attr": 1})
+
+
+@pytest.mark.parametrize("case, match", [
+    ("text dtype", r"refusing to load: unpickling it would call numpy dtype 'U1' is not allowed"),
+    ("build on a scalar", r"refusing to load: unpickling it would call BUILD on float64"),
+    ("storage size", r"corrupt checkpoint \(storage \w+: 7 elements, expected 6\)"),
+    ("big-endian", r"corrupt checkpoint \(big-endian files are not supported\)"),
+])
+def test_legacy_reader_refusals(tmp_path, legacy_parts, case, match):
+    parts, storage = legacy_parts
+    parts = list(parts)
+    if case == "text dtype":
+        save_py2_legacy({"state_dict": {"w": torch.zeros(1)}, "epoch": 1, "best_sad": np.str_("x")}, tmp_path / "x.pth")
+        parts, storage = split_legacy((tmp_path / "x.pth").read_bytes())
+    elif case == "build on a scalar":
+        save_py2_legacy({"state_dict": {"w": torch.zeros(1)}, "epoch": BuildOnScalar()}, tmp_path / "x.pth")
+        parts, storage = split_legacy((tmp_path / "x.pth").read_bytes())
+    elif case == "storage size":
+        storage = (7).to_bytes(8, "little") + storage[8:]
+    else:
+        info = pickle.loads(parts[2])
+        assert info["little_endian"] is True
+        parts[2] = pickle.dumps(dict(info, little_endian=False), protocol=2)
+    path = write_parts(tmp_path / "spliced.pth", parts, storage)
+    with pytest.raises(UserError, match=match) as err:
+        read_checkpoint(path)
+    assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)

@@ -15,7 +15,6 @@ from tools.make_synthetic import make_background, make_dataset
 
 SMALL_CROPS = ((32, 32), (48, 48), (64, 64))
 SMALL_SIZE = (32, 32)
-EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "dim-examples")
 
 
 # ---------------------------------------------------------------- fixtures
@@ -374,15 +373,14 @@ def test_same_seed_and_epoch_give_the_same_samples_with_any_worker_count(synthet
     assert any(not torch.equal(reseeded[i]["input"], ds[i]["input"]) for i in range(len(ds)))
 
 
-@pytest.mark.skipif(not os.path.isdir(EXAMPLES), reason="real Composition-1k examples not available")
-def test_online_equals_offline_on_a_real_full_size_alpha(tmp_path):
+def test_online_equals_offline_on_a_real_full_size_alpha(tmp_path, dim_examples):
     # A real 1920-px image and matte stand in for an Adobe foreground; COCO-sized backgrounds.
-    name = sorted(os.listdir(os.path.join(EXAMPLES, "image")))[0]
+    name = sorted(os.listdir(os.path.join(dim_examples, "image")))[0]
     train = tmp_path / "Combined_Dataset" / "Training_set"
     for kind in ("fg", "alpha"):
         (train / "Adobe-licensed images" / kind).mkdir(parents=True)
         (train / "Other" / kind).mkdir(parents=True)
-        src = cv2.imread(os.path.join(EXAMPLES, "image" if kind == "fg" else "alpha", name))
+        src = cv2.imread(os.path.join(dim_examples, "image" if kind == "fg" else "alpha", name))
         cv2.imwrite(str(train / "Adobe-licensed images" / kind / name), src)
     (tmp_path / "train2017").mkdir()
     rng = np.random.default_rng(0)

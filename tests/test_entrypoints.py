@@ -24,7 +24,6 @@ from core.network import DIMNet  # noqa: E402
 from core.utils import run_cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL_EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "dim-examples-small"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -362,7 +361,13 @@ def subprocess_runs(tmp_path_factory, ckpt):
     data_root = tmp_path_factory.mktemp("deploy")
     make_folder(data_root / "Test_set" / "comp")
     commands["deploy"] = ["bash", "deploy.sh", "--crop_or_resize", "resize", "--size_h", "32", "--size_w", "32"]
-    envs["deploy"] = dict(env, DATA_ROOT=str(data_root), CKPT=str(ckpt), CUDA="0", SAVE_DIR=str(data_root / "out"))
+    # deploy.sh runs $PYTHON (this interpreter); a `python` first on PATH that fails shows if it ran instead
+    stub = tmp_path_factory.mktemp("stub")
+    (stub / "python").write_text("#!/bin/sh\necho 'the python on PATH ran' >&2\nexit 3\n")
+    (stub / "python").chmod(0o755)
+    path = os.pathsep.join([str(stub), os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    envs["deploy"] = dict(env, DATA_ROOT=str(data_root), CKPT=str(ckpt), CUDA="0", SAVE_DIR=str(data_root / "out"),
+                          PYTHON=sys.executable, PATH=path)
     procs = {k: subprocess.Popen(c, cwd=REPO, env=envs[k], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  text=True)
              for k, c in commands.items()}
@@ -395,17 +400,16 @@ def test_demo_without_the_released_model_as_a_script(subprocess_runs):
 # --------------------------------------------------------------------------- #
 # Real Composition-1k images (quarter size), when the shared folder is there
 # --------------------------------------------------------------------------- #
-@pytest.mark.skipif(not SMALL_EXAMPLES.is_dir(), reason=f"{SMALL_EXAMPLES} not present")
-def test_smoke_on_real_examples(tmp_path, ckpt, capsys):
+def test_smoke_on_real_examples(tmp_path, ckpt, capsys, dim_examples_small):
     out = tmp_path / "pred"
-    argv = ["--imgDir", str(SMALL_EXAMPLES / "image"), "--trimapDir", str(SMALL_EXAMPLES / "trimap"),
+    argv = ["--imgDir", str(dim_examples_small / "image"), "--trimapDir", str(dim_examples_small / "trimap"),
             "--saveDir", str(out), "--resume", str(ckpt), "--max_size", "128"]
     status, _, _ = run_main(test_mod.main, argv, capsys)
     assert status == 0
-    names = sorted(p.name for p in (SMALL_EXAMPLES / "image").iterdir())
+    names = sorted(p.name for p in (dim_examples_small / "image").iterdir())
     assert sorted(p.name for p in out.glob("*.png")) == names
     for name in names:
-        trimap = cv2.imread(str(SMALL_EXAMPLES / "trimap" / name))[:, :, 0]
+        trimap = cv2.imread(str(dim_examples_small / "trimap" / name))[:, :, 0]
         pred = cv2.imread(str(out / name), cv2.IMREAD_UNCHANGED)
         assert pred.shape == trimap.shape
         assert (pred[trimap == 255] == 255).all() and (pred[trimap == 0] == 0).all()

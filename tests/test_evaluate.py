@@ -187,11 +187,9 @@ OCTAVE_REAL = {
 
 
 @pytest.fixture(scope="module")
-def real_scores(tmp_path_factory):
+def real_scores(tmp_path_factory, dim_examples):
     """tools/evaluate.py's JSON for the five real examples (scored once per module)."""
-    examples = Path(__file__).resolve().parents[2] / "shared" / "data" / "dim-examples"
-    if not examples.is_dir():
-        pytest.skip(f"{examples} is not available")
+    examples = dim_examples
     js = tmp_path_factory.mktemp("real") / "m.json"
     main(["--predDir", str(examples / "pred"), "--alphaDir", str(examples / "alpha"),
           "--trimapDir", str(examples / "trimap"), "--json", str(js)])

@@ -70,6 +70,8 @@ def test_subject_cut_by_the_border_stays_foreground_there():
 def test_width_from_frac():
     assert width_from_frac((300, 400), 0.01) == 5  # diagonal 500
     assert width_from_frac((30, 40), 0.001) == 1  # at least one pixel
+    assert width_from_frac((300, 400), 0.0198) == 10  # 9.9 rounds up, not down
+    assert width_from_frac((300, 400), 0.0188) == 9  # 9.4 rounds down
 
 
 @pytest.mark.parametrize("value,word", [(0, "empty"), (255, "all foreground")])
@@ -102,11 +104,12 @@ def test_file_and_folder_cli(tmp_path, capsys):
         assert tri.dtype == np.uint8 and tri.ndim == 2 and set(np.unique(tri)) <= {0, 128, 255}
         if stem != "b":  # the JPEG's edge differs by compression
             assert np.array_equal(tri, expected)
-    # one file into an existing folder; --width_frac (0.05 × diagonal 102.4 → 5 px)
-    code, _ = run(["--input", str(masks / "a.png"), "--output", str(tmp_path / "out"), "--width_frac", "0.05"],
+    # one file into an existing folder; --width_frac (0.057 × diagonal 102.45 = 5.84 → 6 px, rounded)
+    code, _ = run(["--input", str(masks / "a.png"), "--output", str(tmp_path / "out"), "--width_frac", "0.057"],
                   capsys)
     assert code == 0
-    assert np.array_equal(cv2.imread(str(tmp_path / "out" / "a.png"), 0), trimap_from_mask(mask, 5))
+    assert np.array_equal(cv2.imread(str(tmp_path / "out" / "a.png"), 0), trimap_from_mask(mask, 6))
+    assert not np.array_equal(trimap_from_mask(mask, 6), trimap_from_mask(mask, 5))
 
 
 def test_folder_with_a_refused_mask_writes_the_others(tmp_path, capsys):
