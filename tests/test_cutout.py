@@ -146,6 +146,19 @@ def test_composite_on_colour_and_image():
     assert composite_on(np.zeros((20, 20, 3), np.float32), np.zeros((20, 20)), strip)[5, 15, 0] == 255
 
 
+def test_cover_downscales_by_area_averaging():
+    # A background 4× larger than the cut-out: each output pixel is the mean of a 4×4 block
+    # (INTER_AREA). Columns repeat 0, 100, 100, 0, so block means are 50 plus the row/column
+    # offsets, while bilinear sampling (the upscaling interpolation) would read the 100s only.
+    yy, xx = np.mgrid[0:80, 0:320]
+    bg = (np.array([0, 100, 100, 0])[xx % 4] + 2 * (yy // 4) + (xx // 4) % 7).astype(np.uint8)
+    bg = np.dstack([bg, bg, 255 - bg])
+    blocks = bg.reshape(20, 4, 80, 4, 3).astype(np.float64).mean(axis=(1, 3))  # 20×80, exact
+    covered = cover(bg, 20, 20)
+    assert covered.shape == (20, 20, 3)
+    np.testing.assert_array_equal(covered, blocks[:, 30:50].astype(np.uint8))  # centre crop of the 20×80
+
+
 def test_cli_glue_writes_cutouts(tmp_path):
     parser = argparse.ArgumentParser()
     add_cutout_args(parser)

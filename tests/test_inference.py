@@ -304,3 +304,61 @@ def test_reference_oracle_tells_variants_apart():
     rounded = np.round(force_known(refined[0, 0].numpy(), trimap) * 255).astype(np.uint8)
     with pytest.raises(AssertionError):
         assert_same_matte(rounded, good)
+
+
+# --------------------------------------------------------------------------- #
+# Backend details: the NNPACK fallback, autocast
+
+def test_an_nnpack_failure_falls_back_to_the_exact_kernel_for_good(monkeypatch):
+    import core.network as network
+    from core.network import conv_lean
+
+    calls = []
+
+    def rejecting(*args):
+        calls.append(args[0].shape)
+        raise RuntimeError("NNPACK rejected this shape")
+
+    monkeypatch.setattr(network, "_nnpack_failed", False)
+    monkeypatch.setattr(torch.backends.nnpack, "is_available", lambda: True)
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", rejecting)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 16, 3, padding=1)
+    x = torch.randn(1, 16, 40, 40)
+    with torch.inference_mode():
+        expected = conv(x)
+        assert torch.equal(conv_lean(conv, x, relu=False, exact=False), expected)  # NNPACK tried, oneDNN used
+        assert calls == [(1, 16, 40, 40)] and network._nnpack_failed
+        assert torch.equal(conv_lean(conv, x, relu=False, exact=False), expected)
+    assert len(calls) == 1  # not tried again
+
+
+def autocast_recorder(monkeypatch):
+    entered = []
+    real = torch.autocast
+
+    class Recorder(real):
+        def __init__(self, device_type, dtype=None, enabled=True, **kw):
+            entered.append((device_type, dtype, enabled))
+            super().__init__(device_type, dtype=dtype, enabled=enabled, **kw)
+
+    monkeypatch.setattr(torch, "autocast", Recorder)
+    return entered
+
+
+def test_forward_once_autocasts_on_cuda_only(monkeypatch):
+    from core.inference import forward_once
+    from tests.tiny_model import TinyDIM
+
+    entered = autocast_recorder(monkeypatch)
+    image = np.zeros((32, 64, 3), np.uint8)
+    trimap = np.full((32, 64), 128, np.uint8)
+    model = TinyDIM().eval()
+    plain = forward_once(model, image, trimap)
+    assert np.array_equal(forward_once(model, image, trimap, amp=True), plain)  # --amp: nothing on the CPU
+    assert entered == [("cpu", torch.float16, False)] * 2
+    if torch.cuda.is_available():
+        entered.clear()
+        got = forward_once(model.cuda(), image, trimap, amp=True)
+        assert entered == [("cuda", torch.float16, True)]
+        assert np.abs(got - plain).max() < 2e-3  # float16 rounding

@@ -394,6 +394,28 @@ def test_read_triplet_errors_name_the_file(tmp_path):
         assert path in str(info.value) and "\n" not in str(info.value)
 
 
+def test_check_folders_reads_png_headers(tmp_path):
+    for d in ("pred", "alpha", "trimap"):
+        (tmp_path / d).mkdir()
+    names = ["a.png", "b.png", "c.png"]
+    for n in names:
+        cv2.imwrite(str(tmp_path / "alpha" / n), np.zeros((4, 5), np.uint8))
+        cv2.imwrite(str(tmp_path / "trimap" / n), np.full((4, 5), 128, np.uint8))
+    cv2.imwrite(str(tmp_path / "pred" / "a.png"), np.zeros((4, 5), np.uint8))
+    cv2.imwrite(str(tmp_path / "pred" / "b.png"), np.zeros((4, 5), np.uint16))  # 16-bit
+    cv2.imwrite(str(tmp_path / "pred" / "c.png"), np.zeros((4, 6), np.uint8))  # another size
+    folders = [str(tmp_path / d) for d in ("pred", "alpha", "trimap")]
+    with pytest.raises(UserError) as err:
+        M.check_folders(names, *folders)
+    msg = str(err.value)
+    assert msg.startswith("2 files do not fit the ground truth: ") and "\n" not in msg
+    assert f"{tmp_path / 'pred' / 'b.png'} (not a single-channel 8-bit PNG)" in msg
+    assert f"{tmp_path / 'pred' / 'c.png'} (6×4, ground truth 5×4)" in msg
+    cv2.imwrite(str(tmp_path / "pred" / "b.png"), np.zeros((4, 5), np.uint8))
+    cv2.imwrite(str(tmp_path / "pred" / "c.png"), np.zeros((4, 5), np.uint8))
+    M.check_folders(names, *folders)  # all fit: no error
+
+
 def test_read_trimap_warns_on_interpolated_values(tmp_path):
     trimap = np.full((4, 5), 128, np.uint8)
     trimap[0, :3] = 127

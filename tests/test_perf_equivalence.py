@@ -100,25 +100,43 @@ def test_unpool_offsets_matches_max_unpool(memory_format, into_skip):
 # --------------------------------------------------------------------------- #
 # Convolutions in row strips
 
+@pytest.fixture
+def conv_calls(monkeypatch):
+    """Counts the convolution calls conv_lean makes: one per row strip."""
+    calls = []
+    real = network._conv_call
+
+    def counted(conv, x, pad_h, impl):
+        calls.append(x.shape[2])
+        return real(conv, x, pad_h, impl)
+
+    monkeypatch.setattr(network, "_conv_call", counted)
+    return calls
+
+
 @pytest.mark.parametrize("cin, cout, k", [(4, 64, 3), (64, 32, 3), (32, 16, 5), (16, 16, 1)])
-def test_exact_strips_equal_one_call(small_strips, cin, cout, k):
+def test_exact_strips_equal_one_call(small_strips, conv_calls, cin, cout, k):
     conv = he_init(nn.Conv2d(cin, cout, k, padding=k // 2), seed=cin + k)
-    x = torch.randn(1, cin, 100, 24, generator=torch.Generator().manual_seed(0))  # 3 strips of 32–34 rows
+    # 160 columns: even 4 input channels stay above the native-conv threshold in 33-row strips
+    x = torch.randn(1, cin, 100, 160, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         assert torch.equal(conv_lean(conv, x), F.relu(conv(x)))
+        assert conv_calls == [33 + 2 * (k // 2), 33 + 2 * (k // 2), 34 + 2 * (k // 2)]  # 3 strips + halo rows
         assert torch.equal(conv_lean(conv, x, relu=False), conv(x))
+        assert len(conv_calls) == 6
 
 
 @pytest.mark.parametrize("cin, cout, k", [(32, 16, 5), (16, 16, 3), (64, 1, 5), (64, 1, 3), (8, 3, 5)])
 @pytest.mark.parametrize("strips", [False, True])
-def test_fast_kernels_agree_to_rounding(monkeypatch, cin, cout, k, strips):
+def test_fast_kernels_agree_to_rounding(monkeypatch, conv_calls, cin, cout, k, strips):
     if strips:
         monkeypatch.setattr(network, "STRIP_BYTES", 1)
     conv = he_init(nn.Conv2d(cin, cout, k, padding=k // 2), seed=cin * k)
-    x = torch.randn(2, cin, 70, 36, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, cin, 70, 72, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         got = conv_lean(conv, x, relu=False, exact=False)
         expected = conv(x)
+    assert len(conv_calls) == (2 if strips else 1)  # two 35-row strips, or one call
     assert got.shape == expected.shape
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
     assert not torch.equal(got, torch.zeros_like(got))
