@@ -14,6 +14,8 @@ windows (a 1-px shift: 0.17–0.22 mean) or abutting windows without blending
 (max 0.47–0.70) fail them.
 """
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -72,6 +74,83 @@ def test_ramp_is_a_partition_of_unity_across_an_overlap():
     total[s0:s0 + 512] += w0
     total[s1:s1 + 512] += w1
     np.testing.assert_allclose(total, 1, atol=1e-6)
+
+
+def sin2_up(n):
+    """The rising half of the raised-cosine window over n pixels, from its formula: sin²(π/2 · (i + ½)/n)."""
+    return np.array([math.sin(math.pi / 2 * (i + 0.5) / n) ** 2 for i in range(n)])
+
+
+def test_ramp_follows_the_raised_cosine_formula():
+    w = ramp(100, 30, 17)
+    expected = np.ones(100)
+    expected[:30] = sin2_up(30)
+    expected[100 - 17:] = sin2_up(17)[::-1]
+    assert w.dtype == np.float32
+    np.testing.assert_array_equal(w, expected.astype(np.float32))
+    # along an axis: 1000 px in 512-px windows at 0, 244, 488 overlap by 268 px, so the middle
+    # window's two ramps meet over its central 24 px and multiply there
+    (_, w0), (_, w1), (_, w2) = axis_windows(1000, 512, 64)
+    up = sin2_up(268)
+    middle = np.ones(512)
+    middle[:268] *= up
+    middle[512 - 268:] *= up[::-1]
+    np.testing.assert_array_equal(w1, middle.astype(np.float32))
+    np.testing.assert_array_equal(w0, np.r_[np.ones(244), up[::-1]].astype(np.float32))
+    np.testing.assert_array_equal(w2, np.r_[up, np.ones(244)].astype(np.float32))
+
+
+class ConstantPerWindow(nn.Module):
+    """Stub whose k-th call predicts the constant ``values[k]``: blending is all that shapes the result."""
+
+    refine = False
+
+    def __init__(self, values):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))
+        self.values, self.calls = values, 0
+
+    def forward(self, x):
+        value = self.values[self.calls]
+        self.calls += 1
+        return torch.full((x.shape[0], 1, *x.shape[2:]), value), None
+
+
+def test_blend_is_the_raised_cosine_weighted_mean():
+    # 96×150 in 64-px windows, overlap ≥ 32: rows at 0, 32; columns at 0, 29, 57, 86 (overlaps 35, 36, 35)
+    h, w = 96, 150
+    rows, cols = [0, 32], [0, 29, 57, 86]
+    values = [0.1, 0.9, 0.3, 0.7, 0.6, 0.0, 1.0, 0.2]
+    model = ConstantPerWindow(values)
+    image = np.zeros((h, w, 3), np.uint8)
+    out = predict_tiles(model, image, np.full((h, w), 128, np.uint8), tile=64, overlap=32)
+    assert model.calls == 8
+
+    def axis_weight(starts, k):  # sin² up across the overlap with the previous window, down with the next
+        wk = np.ones(64)
+        if k > 0:
+            n = starts[k - 1] + 64 - starts[k]
+            wk[:n] *= sin2_up(n)
+        if k + 1 < len(starts):
+            n = starts[k] + 64 - starts[k + 1]
+            wk[64 - n:] *= sin2_up(n)[::-1]
+        return wk
+
+    num, den = np.zeros((h, w)), np.zeros((h, w))
+    for i, y in enumerate(rows):
+        for j, x in enumerate(cols):
+            win = np.outer(axis_weight(rows, i), axis_weight(cols, j))
+            num[y:y + 64, x:x + 64] += win * values[i * len(cols) + j]
+            den[y:y + 64, x:x + 64] += win
+    np.testing.assert_allclose(out, num / den, atol=1e-6, rtol=0)
+    # a plain average of the overlapping windows would differ by far more than that
+    count = np.zeros((h, w))
+    total = np.zeros((h, w))
+    for i, y in enumerate(rows):
+        for j, x in enumerate(cols):
+            total[y:y + 64, x:x + 64] += values[i * len(cols) + j]
+            count[y:y + 64, x:x + 64] += 1
+    assert np.abs(total / count - num / den).max() > 0.1
 
 
 @pytest.mark.parametrize("h,w,tile,overlap", [(100, 150, 64, 16), (96, 128, 32, 0), (70, 300, 64, 48)])
