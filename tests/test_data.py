@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from core import data
-from core.preprocess import make_input
 from core.utils import UserError
+from tests.reference_impl import reference_input
 from tools.composite import composite_dataset, composite_reference
 from tools.make_synthetic import make_background, make_dataset
 
@@ -306,7 +306,8 @@ def test_item_keys_dtypes_shapes_and_ranges(synthetic):
         assert any(np.array_equal(trimap, data.trimap_from_alpha(alpha_u8, k, n))
                    for k in data.TRIMAP_KERNEL_SIZES for n in data.TRIMAP_ITERATIONS)
         image_u8 = item["image"].numpy().transpose(1, 2, 0).astype(np.uint8)
-        assert torch.equal(item["input"], torch.from_numpy(make_input(image_u8, trimap)))
+        # the input as the reference builds it (torchvision ToTensor + Normalize, trimap / 255)
+        torch.testing.assert_close(item["input"], reference_input(image_u8, trimap)[0], atol=1e-6, rtol=0)
         seen_unknown |= bool((trimap == 128).any())
     assert seen_unknown
 

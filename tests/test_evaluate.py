@@ -14,6 +14,7 @@ import pytest
 
 from core.metrics import compute_metrics, mean_metrics
 from core.utils import run_cli
+from tests.metric_by_hand import sad_mse_by_hand
 from tools.evaluate import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +53,9 @@ def test_scores_folder_and_writes_reports(tmp_path, capsys):
     for name, (pred, gt, trimap) in arrays.items():
         want = compute_metrics(pred, gt, trimap)
         got = doc["images"][name]
+        by_hand = sad_mse_by_hand(pred, gt, trimap)
+        assert got["sad"] == pytest.approx(by_hand[0], rel=1e-6)
+        assert (got["mse"] is None) if math.isnan(by_hand[1]) else got["mse"] == pytest.approx(by_hand[1], rel=1e-6)
         assert got["sad"] == want["sad"] and got["grad"] == want["grad"] and got["conn"] == want["conn"]
         assert got["mse"] == (None if math.isnan(want["mse"]) else want["mse"])
     assert doc["mean"]["n"] == 3 and doc["mean"]["mse_count"] == 2
