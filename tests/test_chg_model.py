@@ -8,6 +8,7 @@ import torchvision
 
 from core.checkpoint import load_partial, read_checkpoint
 from core.network import DIMNet
+from core.utils import UserError
 from tests.conftest import ROOT
 from tools import chg_model
 
@@ -66,7 +67,7 @@ def test_wrong_file_and_hash(vgg_file, tmp_path):
     # A file named like torchvision's download must carry the SHA-256 its name promises.
     named = tmp_path / "vgg16-397923af.pth"
     named.write_bytes(b"x")
-    with pytest.raises(Exception, match="SHA-256 does not start with 397923af"):
+    with pytest.raises(UserError, match="SHA-256 does not start with 397923af"):
         chg_model.check_hash(str(named))
     digest = hashlib.sha256(b"x").hexdigest()[:8]
     ok = tmp_path / f"vgg16-{digest}.pth"
