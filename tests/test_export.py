@@ -109,11 +109,10 @@ def test_stage1_model_without_skip_exports_its_alpha(tmp_path):
 def test_verify_onnx_can_fail(exported):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
+    # the fixture's export printed verify_onnx's small difference; against the stage-1 alpha of the
+    # same weights (not what was exported) it reports a large one
     model, out = exported
-    sample = sample_input()
-    assert verify_onnx(str(out / "stage2.onnx"), AlphaOnly(model, refined=True).eval(), sample) < 1e-4
-    # against the stage-1 alpha of the same weights (not what was exported) it reports a large difference
-    assert verify_onnx(str(out / "stage2.onnx"), AlphaOnly(model, refined=False).eval(), sample) > 0.05
+    assert verify_onnx(str(out / "stage2.onnx"), AlphaOnly(model, refined=False).eval(), sample_input()) > 0.05
 
 
 def test_stage1_output_is_the_alpha(exported):
