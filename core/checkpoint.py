@@ -165,7 +165,7 @@ def arch_from_checkpoint(ckpt, path, skip=None):
     return arch, source
 
 
-def load_model(path, stage=None, skip=None, device="cpu"):
+def load_model(path, stage=None, skip=None, device="cpu", stage_flag="--stage {}"):
     """Build the network a checkpoint holds and load its weights strictly.
 
     Args:
@@ -173,9 +173,11 @@ def load_model(path, stage=None, skip=None, device="cpu"):
         stage: 0–3 or None. Stages 2/3 need a refinement head in the file;
             stages 0/1 refuse one (its refined alpha would be ignored).
         skip: True/False to override the skip setting (``--skip``/``--no_skip``).
+        stage_flag: how the user set the stage, for messages (deploy.sh: ``STAGE={}``).
     Returns:
         ``(model, info)``: the model in eval mode on ``device``; ``info`` has
-        ``arch``, ``skip_source``, ``epoch``, ``best_sad``.
+        ``arch``, ``skip_source``, ``epoch``, ``best_sad``, ``stage`` (the training
+        stage from this project's config, None for other files).
     """
     path = os.fspath(path)
     name = os.path.basename(path)
@@ -187,16 +189,18 @@ def load_model(path, stage=None, skip=None, device="cpu"):
     if stage is not None:
         want_refine = stage >= 2
         if want_refine and not arch["refine"]:
-            raise UserError(f"{path}: --stage {stage} needs a refinement head, but the file has no refine_* "
-                            "weights (a stage 0/1 model): use --stage 1, or train stage 2 from it with --pretrain")
+            raise UserError(f"{path}: {stage_flag.format(stage)} needs a refinement head, but the file has no "
+                            f"refine_* weights (a stage 0/1 model): use {stage_flag.format(1)}, or train stage 2 "
+                            "from it with --pretrain")
         if not want_refine and arch["refine"]:
             raise UserError(f"{path}: the file holds a refinement head (refine_* weights, a stage 2/3 model) "
-                            f"that --stage {stage} would ignore: use --stage 2 or 3")
+                            f"that {stage_flag.format(stage)} would ignore: use {stage_flag.format(2)} or 3")
     model = DIMNet(**arch)
     check_state_dict(model, ckpt["state_dict"], path)
     model.load_state_dict(ckpt["state_dict"], strict=True)
     model.to(device).eval()
-    info = {"arch": arch, "skip_source": source, "epoch": ckpt.get("epoch"), "best_sad": ckpt.get("best_sad")}
+    info = {"arch": arch, "skip_source": source, "epoch": ckpt.get("epoch"), "best_sad": ckpt.get("best_sad"),
+            "stage": (ckpt.get("config") or {}).get("stage")}
     return model, info
 
 

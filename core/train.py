@@ -382,7 +382,7 @@ class Trainer:
         changed = [f"{k} {old[k]!r} → {self.config[k]!r}" for k in WATCHED_KEYS
                    if k in old and old[k] != self.config.get(k)]
         best = f"best SAD {self.best_sad:.3f}" if math.isfinite(self.best_sad) else "not tested yet"
-        self.log.info(f"resumed {path}: epoch {self.start_epoch}, iteration {self.start_iter}, {best}"
+        self.log.info(f"resumed {path}: continuing at epoch {self.start_epoch}, iteration {self.start_iter + 1}, {best}"
                       + (f"; changed: {', '.join(changed)}" if changed else ""))
         self.last_ckpt = path
 
@@ -398,8 +398,8 @@ class Trainer:
                  "batchSize": self.args.batchSize, "scaler": self.scaler.state_dict() if self.scaler else None}
         save_checkpoint(path, self.model, epoch, self.best_sad, optimizer=self.optimizer if optimizer else None,
                         config=self.config, train_state=state)
-        self.log.info(f"checkpoint saved to {path} (epoch {epoch}" + (f", iteration {iteration}" if iteration else "")
-                      + ")")
+        done = f"epoch {epoch} up to iteration {iteration}" if iteration else f"after epoch {epoch - 1}"
+        self.log.info(f"checkpoint saved to {path} ({done})")
         return path
 
     def write_config(self):
