@@ -27,9 +27,8 @@ from core.imageio import read_gray, read_image, write_image
 from core.metrics import format_table, read_alpha, read_prediction
 from core.cutout import cutout_options
 from core.test import (REPO_ROOT, RELEASED_MODEL, Pair, add_inference_args, check_inference_args, check_pairs,
-                       find_pairs, inference_kwargs, load_for_inference, log_cutouts, log_speed, plural,
-                       predict_folder)
-from core.utils import UserError, run_cli, setup_logging
+                       find_pairs, inference_kwargs, load_for_inference, log_cutouts, log_speed, predict_folder)
+from core.utils import UserError, plural, run_cli, setup_logging
 
 EXAMPLE_DIR = os.path.join(REPO_ROOT, "result", "example")
 SIDE_DIR = "side_by_side"

@@ -40,7 +40,7 @@ from core.inference import MODES, check_trimap, predict_matte, setup_backend, wh
 from core.tiling import check_tile_args
 from core.metrics import (compute_metrics, format_table, mean_metrics, read_alpha, read_trimap, write_metrics_csv,
                           write_metrics_json)
-from core.utils import UserError, preview, run_cli, select_device, setup_logging
+from core.utils import UserError, plural, preview, run_cli, select_device, setup_logging
 
 RELEASED_MODEL = "stage1_skip_sad_52.9.pth"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -292,11 +292,6 @@ def load_for_inference(args, logger):
                 f"{arch['conv6_kernel']}, refinement head {'yes' if arch['refine'] else 'no'}, "
                 f"{trained_for(info)}; device {device}")
     return model, info
-
-
-def plural(n, word):
-    """``1 matte``, ``2 mattes``."""
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def trained_for(info):
