@@ -228,8 +228,8 @@ def test_page_in_a_headless_browser(server, tmp_path):
     changed = painted != uploaded
     assert changed.sum() > 100 and (painted[changed] == 255).all()  # the stroke, in foreground
     ys, xs = np.nonzero(changed)
-    assert abs(ys.mean() - 120) < 15 and abs(xs.mean() - 160) < 15  # where it was painted: the middle
-    assert np.ptp(xs) > 3 * np.ptp(ys)  # a horizontal stroke
+    assert abs(ys.min() + ys.max() - 240) < 30 and abs(xs.min() + xs.max() - 320) < 30  # in the middle
+    assert np.ptp(xs) > 2 * np.ptp(ys)  # a horizontal stroke
     expected = core_test_matte(tmp_path / "test_py", ckpt, photo, downloads["trimap"])
     assert downloads["matte"].read_bytes() == expected
     rgba = cv2.imread(str(downloads["rgba"]), cv2.IMREAD_UNCHANGED)
@@ -237,7 +237,7 @@ def test_page_in_a_headless_browser(server, tmp_path):
     save_screenshot(shot)
 
 
-def wait_for_canvas(canvas, shows, timeout=30):
+def wait_for_canvas(canvas, shows, timeout=60):
     """Wait until ``shows(BGR screenshot of canvas)`` holds on two screenshots in a row."""
     deadline, before = time.monotonic() + timeout, False
     while True:
@@ -246,7 +246,8 @@ def wait_for_canvas(canvas, shows, timeout=30):
         if now and before:
             return
         if time.monotonic() > deadline:
-            pytest.fail("the image editor did not show what was expected")
+            pytest.fail(f"the image editor did not show what was expected (canvas {img.shape[1]}×{img.shape[0]}, "
+                        f"std {img.std():.1f}, {np.count_nonzero((img >= 245).all(axis=2))} white pixels)")
         before = now
         time.sleep(0.2)
 
