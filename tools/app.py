@@ -371,6 +371,10 @@ def parse_args(argv=None):
             action.choices, action.default = MODES, AUTO
             action.help = ("the page's default mode: whole, tile, or auto (default): whole when both sides fit "
                            "--max_size, else tile")
+        elif action.dest == "background":
+            action.help = "the page's cut-out colour (#RRGGBB, R,G,B, white, green, …; default: a checkerboard)"
+        elif action.dest in ("size_h", "size_w", "rgba"):  # crop/resize modes and --rgba: not on the page
+            action.help = argparse.SUPPRESS
     return parser.parse_args(argv)
 
 
