@@ -71,6 +71,17 @@ def test_automatic_trimap_sources():
     assert (app.SEGMENTER in app.trimap_sources()) == app.segmenter_available()
 
 
+def test_automatic_trimap_from_the_segmenter(monkeypatch):
+    """With ``core.segment`` present, auto falls back to it for a photo without alpha or upload."""
+    mask, seen = disc_mask(), []
+    monkeypatch.setattr(app, "segmenter_available", lambda: True)
+    monkeypatch.setattr(app, "segment_mask", lambda bgr: seen.append(bgr.shape) or mask)
+    trimap, note = app.automatic_trimap(np.full((60, 80), 90, np.uint8), None, app.AUTO, width=3)
+    np.testing.assert_array_equal(trimap, trimap_from_mask(mask, 3))
+    assert note == "the segmenter, band 3 px" and seen == [(60, 80, 3)]  # a grey photo is given as BGR
+    assert app.SEGMENTER in app.trimap_sources()
+
+
 def test_apply_strokes_paints_the_nearest_brush_value():
     trimap = np.full((4, 6), 128, np.uint8)
     layer = np.zeros((4, 6, 4), np.uint8)

@@ -115,8 +115,8 @@ def automatic_trimap(photo, upload, source=AUTO, width=0, name="photo"):
             return upload, "the uploaded trimap"
         mask, note = upload, "the uploaded mask"
     elif source == SEGMENTER:
-        mask, note = segment_mask(cv2.cvtColor(photo[:, :, :3], cv2.COLOR_GRAY2BGR) if photo.ndim == 2
-                                  else photo[:, :, :3]), "the segmenter"
+        bgr = cv2.cvtColor(photo, cv2.COLOR_GRAY2BGR) if photo.ndim == 2 else photo[:, :, :3]
+        mask, note = segment_mask(bgr), "the segmenter"
     else:
         raise UserError(f"unknown trimap source {source!r}")
     width = int(width) or width_from_frac((h, w), DEFAULT_WIDTH_FRAC)
