@@ -206,10 +206,10 @@ def test_page_in_a_headless_browser(server, tmp_path):
             page.locator("#photo input[type=file]").set_input_files(str(not_an_image))
             page.get_by_text("not a readable image").wait_for(timeout=20_000)
             assert message.inner_text() == "⚠ photo notes.png: not a readable image (corrupt or unsupported format)"
-            # the example photo and its trimap: the trimap under the brush
+            # the example trimap, then its photo: one trimap under the brush (a second would drop strokes)
             page.locator("#photo button[aria-label='Clear']").click()
-            page.locator("#photo input[type=file]").set_input_files(str(photo))
             page.locator("#upload input[type=file]").set_input_files(str(trimap))
+            page.locator("#photo input[type=file]").set_input_files(str(photo))
             page.get_by_text("Trimap from the uploaded trimap.").wait_for(timeout=20_000)
             canvas = page.locator("#editor canvas").first
             wait_for_canvas(canvas, lambda img: img.std() > 20)  # the photo is drawn: strokes stay

@@ -337,7 +337,7 @@ def build_page(gr, matting):
         trimap = gr.State(None)
 
         refresh = dict(fn=refresh_trimap, inputs=[photo, upload, source, width], outputs=[editor, trimap, note],
-                       api_visibility="private")
+                       api_visibility="private", concurrency_id="trimap")  # one queue: the last change wins
         photo.change(**refresh)
         upload.change(**refresh)
         source.input(**refresh)
