@@ -118,6 +118,16 @@ def test_modes_and_request_checks():
             app.check_request(*args)
 
 
+def test_page_colour_from_background_flag():
+    assert app.page_colour(None) is None
+    assert app.page_colour(["green"]) == "#00ff00"
+    assert app.page_colour("32,128,255") == "#2080ff"
+    with pytest.raises(UserError, match=r"^--background 'beach.jpg': the page takes a colour"):
+        app.page_colour(["beach.jpg"])
+    with pytest.raises(UserError, match="^the page takes one --background colour$"):
+        app.page_colour(["white", "black"])
+
+
 def test_without_gradio_one_line_install_hint(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` raises ImportError
     monkeypatch.setenv("GRADIO_TEMP_DIR", "unchanged")

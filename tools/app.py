@@ -235,6 +235,19 @@ def background_of(choice, colour, h, w):
     return parsed
 
 
+def page_colour(backgrounds):
+    """The page's first cut-out colour, ``#rrggbb``, from ``--background`` (a list, or one string), or None."""
+    specs = [backgrounds] if isinstance(backgrounds, str) else backgrounds or []
+    if len(specs) > 1:
+        raise UserError("the page takes one --background colour")
+    if not specs:
+        return None
+    bgr = parse_colour(specs[0])
+    if bgr is None:
+        raise UserError(f"--background {specs[0]!r}: the page takes a colour (#RRGGBB, R,G,B or a name), not an image")
+    return "#{:02x}{:02x}{:02x}".format(*reversed(bgr))
+
+
 # --------------------------------------------------------------------------- #
 # The page
 # --------------------------------------------------------------------------- #
@@ -303,8 +316,7 @@ def build_page(gr, matting):
         write_image(path, matte)
         return path
 
-    bgr = parse_colour(args.background) if args.background else None
-    start_colour = "#{:02x}{:02x}{:02x}".format(*reversed(bgr)) if bgr else None
+    start_colour = page_colour(args.background)
     brush = gr.Brush(colors=list(BRUSH), default_color="#ffffff", color_mode="fixed")
     with gr.Blocks(title="Deep Image Matting", delete_cache=(600, RESULT_MAX_AGE)) as page:
         gr.Markdown("## Deep Image Matting\nUpload a photo and a mask or trimap (or a photo with an alpha channel), "
@@ -385,8 +397,7 @@ def main(argv=None):
         check_inference_args(SimpleNamespace(**{**vars(args), "crop_or_resize": mode}))
     if args.fg_backend == "pymatting" and not pymatting_available():
         raise UserError("--fg_backend pymatting: pymatting is not installed (pip install pymatting)")
-    if args.background and parse_colour(args.background) is None:
-        raise UserError(f"--background {args.background!r}: the page takes a colour (#RRGGBB, R,G,B or a name)")
+    page_colour(args.background)  # a bad --background fails before the model loads
     if args.max_megapixels <= 0:
         raise UserError(f"--max_megapixels must be positive, got {args.max_megapixels}")
     temp_root = tempfile.mkdtemp(prefix="dim-app-")
