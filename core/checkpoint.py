@@ -18,6 +18,7 @@ import io
 import os
 import pickle
 import struct
+import warnings
 import zipfile
 
 import numpy as np
@@ -46,6 +47,25 @@ RELEASE_URL = "https://github.com/huochaitiantang/pytorch-deep-image-matting/rel
 _PREFIXES = ("module.", "_orig_mod.")
 
 
+# What torch's zip reader and the pickle machinery raise on malformed bytes: an
+# unknown opcode is a KeyError, a bad memo or stack reference an IndexError or
+# KeyError, a REDUCE on a non-callable a TypeError, a damaged zip directory an
+# OSError (errno 22) or RuntimeError, a length beyond the file an EOFError,
+# a malformed persistent id an AssertionError in torch's weights-only reader.
+READER_ERRORS = (EOFError, OSError, zipfile.BadZipFile, struct.error, ValueError, RuntimeError, KeyError,
+                 IndexError, TypeError, AttributeError, AssertionError, NotImplementedError, OverflowError,
+                 MemoryError, RecursionError)
+
+
+def _one_line(exc, kind=None):
+    """A short, printable, one-line rendering of an exception (or string) for an error message."""
+    lines = str(exc).splitlines()
+    text = "".join(c if c.isprintable() else "?" for c in (lines[0].strip() if lines else ""))[:200]
+    if kind:
+        text = f"{kind}: {text}" if text else kind
+    return text
+
+
 def _torch_load_safe(path):
     """``torch.load(weights_only=True)`` allowing only numeric numpy scalars."""
     safe = [np.dtype, np.dtypes.Float64DType, np.dtypes.Float32DType, np.dtypes.Int64DType]
@@ -71,25 +91,29 @@ def read_checkpoint(path):
         raise UserError(f"{path}: no such checkpoint file")
     with open(path, "rb") as f:
         head = f.read(16)
+    if is_legacy_file(head):
+        reader = load_legacy
+    elif head.startswith(b"PK\x03\x04"):
+        reader = _torch_load_safe
+    else:
+        raise UserError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a legacy torch file)")
+    # The one place where what the readers raise on bad bytes becomes a user error.
     try:
-        if is_legacy_file(head):
-            obj = load_legacy(path)
-        elif head.startswith(b"PK\x03\x04"):
-            obj = _torch_load_safe(path)
-        else:
-            raise UserError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a legacy torch file)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch's note on an unusual pickle protocol: the error says enough
+            obj = reader(path)
     except ForbiddenGlobal as exc:
-        raise UserError(f"{path}: refusing to load: unpickling it would call {exc} (only tensors and plain values are allowed)") from None
+        raise UserError(f"{path}: refusing to load: unpickling it would call {_one_line(exc)} "
+                        "(only tensors and plain values are allowed)") from None
     except pickle.UnpicklingError as exc:
         msg = str(exc).splitlines()
         detail = next((line.strip() for line in msg if "GLOBAL" in line or "Unsupported" in line), msg[0] if msg else "")
         if "weights_only" in str(exc) or "GLOBAL" in str(exc):
-            raise UserError(f"{path}: refusing to load: the file holds objects other than tensors and plain values ({detail[:200]})") from None
-        raise UserError(f"{path}: corrupt checkpoint ({detail[:200]})") from None
-    except (EOFError, zipfile.BadZipFile, struct.error, ValueError) as exc:
-        raise UserError(f"{path}: truncated or corrupt checkpoint ({exc})") from None
-    except RuntimeError as exc:
-        raise UserError(f"{path}: truncated or corrupt checkpoint ({str(exc).splitlines()[0][:200]})") from None
+            raise UserError(f"{path}: refusing to load: the file holds objects other than tensors and plain values "
+                            f"({_one_line(detail)})") from None
+        raise UserError(f"{path}: truncated or corrupt checkpoint ({_one_line(detail)})") from None
+    except READER_ERRORS as exc:
+        raise UserError(f"{path}: truncated or corrupt checkpoint ({_one_line(exc, type(exc).__name__)})") from None
     return _normalize(obj, path)
 
 
@@ -100,7 +124,7 @@ def _normalize(obj, path):
         ckpt = {"state_dict": obj}
     else:
         kind = type(obj).__name__
-        keys = ", ".join(map(str, list(obj)[:5])) if isinstance(obj, dict) else ""
+        keys = _one_line(", ".join(map(str, list(obj)[:5]))) if isinstance(obj, dict) else ""
         raise UserError(f"{path}: not a checkpoint: expected a state dict or a dict with 'state_dict', "
                         f"found a {kind}" + (f" with keys {keys}" if keys else ""))
     state = {}
@@ -110,13 +134,20 @@ def _normalize(obj, path):
             if key.startswith(prefix):
                 key = key[len(prefix):]
         if not isinstance(value, torch.Tensor):
-            raise UserError(f"{path}: state_dict entry {key!r} is a {type(value).__name__}, not a tensor")
+            raise UserError(f"{path}: state_dict entry {_one_line(repr(key))} is a {type(value).__name__}, not a tensor")
         state[key] = value
     ckpt["state_dict"] = state
-    if ckpt.get("best_sad") is not None:
-        ckpt["best_sad"] = float(ckpt["best_sad"])
-    if ckpt.get("epoch") is not None:
-        ckpt["epoch"] = int(ckpt["epoch"])
+    for key, kind in (("best_sad", float), ("epoch", int)):
+        value = ckpt.get(key)
+        if value is None:
+            continue
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
+            raise UserError(f"{path}: {key} is a {type(value).__name__}, not a number")
+        if kind is int and (not np.isfinite(value) or value != int(value)):
+            raise UserError(f"{path}: epoch {_one_line(value)} is not a whole number")
+        ckpt[key] = kind(value)
     return ckpt
 
 
