@@ -168,6 +168,25 @@ def describe_foreign(state, path):
     return None
 
 
+def trained_skip(ckpt, path):
+    """``(skip, source)`` when the file says whether it was trained with skip connections, else None.
+
+    The weights cannot tell (skip sums have no parameters): this project's
+    metadata can, and so can the name of a released file (SPEC §3).
+    """
+    if isinstance(ckpt.get("arch"), dict) and "skip" in ckpt["arch"]:
+        return bool(ckpt["arch"]["skip"]), "checkpoint metadata"
+    name = os.path.basename(path)
+    if name in RELEASED_SKIP:
+        return RELEASED_SKIP[name], "release file name"
+    return None
+
+
+def is_reference_format(ckpt):
+    """True for a file the reference wrote (no ``format_version``): its ``best_sad`` is on another scale."""
+    return "format_version" not in ckpt
+
+
 def arch_from_checkpoint(ckpt, path, skip=None):
     """The network's keyword arguments for ``ckpt`` and where ``skip`` came from.
 
@@ -184,13 +203,11 @@ def arch_from_checkpoint(ckpt, path, skip=None):
         raise UserError(f"{path}: conv6_1.weight missing or of unexpected shape "
                         f"{None if conv6 is None else tuple(conv6.shape)} (expected 512×512×1×1 or 512×512×3×3)")
     arch = {"conv6_kernel": int(conv6.shape[-1]), "refine": "refine_pred.weight" in state}
-    name = os.path.basename(path)
+    said = trained_skip(ckpt, path)
     if skip is not None:
         arch["skip"], source = bool(skip), "command line"
-    elif isinstance(ckpt.get("arch"), dict) and "skip" in ckpt["arch"]:
-        arch["skip"], source = bool(ckpt["arch"]["skip"]), "checkpoint metadata"
-    elif name in RELEASED_SKIP:
-        arch["skip"], source = RELEASED_SKIP[name], "release file name"
+    elif said is not None:
+        arch["skip"], source = said
     else:
         arch["skip"], source = True, "default (current reference); pass --no_skip for models trained without skip"
     return arch, source
@@ -296,24 +313,78 @@ def save_checkpoint(path, model, epoch, best_sad, optimizer=None, config=None, t
     atomic_torch_save(obj, path)
 
 
-def load_partial(model, path):
-    """Load whatever of ``path`` fits ``model`` (``--pretrain``), by name and shape.
+def pretrain_misfits(net, ckpt, path):
+    """One-line problems that make ``ckpt`` a wrong start for ``net`` (empty when it fits).
+
+    Names the tensors whose shapes differ and the likely cause, and a skip
+    setting that differs from what the file says it was trained with.
+    Missing tensors are not a problem here (the decoder of the converted
+    VGG-16 is meant to stay random).
+    """
+    state, own = ckpt["state_dict"], net.state_dict()
+    problems = []
+    misfits = sorted(k for k in state if k in own and state[k].shape != own[k].shape)
+    if misfits:
+        shapes = _list([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in misfits], 3)
+        conv6 = state.get("conv6_1.weight")
+        if "conv6_1.weight" in misfits and conv6.dim() == 4 and conv6.shape[-1] in (1, 3):
+            cause = f"the file was trained with --conv6_kernel {conv6.shape[-1]}: pass --conv6_kernel {conv6.shape[-1]}"
+        elif "conv1_1.weight" in misfits and state["conv1_1.weight"].dim() == 4 and state["conv1_1.weight"].shape[1] == 3:
+            cause = "an RGB (3-channel) VGG-16: convert it with tools/chg_model.py"
+        else:
+            cause = "the file holds another network"
+        problems.append(f"{len(misfits)} tensor(s) of the file do not fit the network being built: {shapes} "
+                        f"(likely cause: {cause})")
+    said = trained_skip(ckpt, path)
+    if said is not None and said[0] != net.skip:
+        problems.append(f"it was trained {'with' if said[0] else 'without'} skip connections ({said[1]}) but the "
+                        f"network being built has {'them' if net.skip else 'none'}: pass "
+                        f"{'--skip' if said[0] else '--no_skip'}")
+    return problems
+
+
+def check_pretrain(net, path, partial=False):
+    """Read ``path`` and check it as a starting point for ``net``; returns ``(ckpt, problems)``.
+
+    ``net`` may live on the meta device (only names and shapes are used).
+    Raises :class:`UserError` when nothing of the file fits, and, unless
+    ``partial``, when :func:`pretrain_misfits` finds problems.
+    """
+    ckpt = read_checkpoint(path)
+    state, own = ckpt["state_dict"], net.state_dict()
+    if not any(k in own and own[k].shape == v.shape for k, v in state.items()):
+        problem = describe_foreign(state, path)
+        if problem and "torchvision" in problem:
+            raise UserError(problem)
+        raise UserError(f"{path}: no weight of this file fits the network (keys like {_list(state, 3)})")
+    problems = pretrain_misfits(net, ckpt, path)
+    if problems and not partial:
+        raise UserError(f"{path}: " + "; ".join(problems) + " (or --pretrain_partial to load only what fits)")
+    return ckpt, problems
+
+
+def load_partial(model, path, partial=False, warn=None):
+    """Load ``path`` into ``model`` as a starting point (``--pretrain``), by name and shape.
+
+    Tensors of the model absent from the file keep their values. Tensors of
+    the wrong shape, or a skip setting other than the one the file was trained
+    with (:func:`pretrain_misfits`), are a :class:`UserError`, unless
+    ``partial`` (``--pretrain_partial``): then each problem goes to ``warn``
+    and only what fits is loaded.
 
     Returns ``(loaded, random, skipped)``: names loaded, parameters of the model
     left as they were, and file entries not used (absent from the model or of
     another shape, with the reason). A file of which nothing fits is an error.
     """
-    ckpt = read_checkpoint(path)
-    state = ckpt["state_dict"]
-    own = unwrap(model).state_dict()
+    net = unwrap(model)
+    ckpt, problems = check_pretrain(net, path, partial)
+    for problem in problems:
+        if warn is not None:
+            warn(f"{path}: {problem}; --pretrain_partial: loading only what fits")
+    state, own = ckpt["state_dict"], net.state_dict()
     fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not fits:
-        problem = describe_foreign(state, path)
-        if problem and "torchvision" in problem:
-            raise UserError(problem)
-        raise UserError(f"{path}: no weight of this file fits the network (keys like {_list(state, 3)})")
     skipped = {k: ("shape " + str(tuple(v.shape)) + " vs " + str(tuple(own[k].shape))) if k in own else "not in the network"
                for k, v in state.items() if k not in fits}
-    unwrap(model).load_state_dict(fits, strict=False)
+    net.load_state_dict(fits, strict=False)
     random = sorted(set(own) - set(fits))
     return sorted(fits), random, skipped
