@@ -145,13 +145,18 @@ def ckpt(tmp_path_factory):
     return path
 
 
+def subfolders(root, *names):
+    paths = [root / n for n in names]
+    for path in paths:
+        path.mkdir()
+    return paths
+
+
 @pytest.fixture(scope="module")
 def odd_folder(tmp_path_factory, photo):
     """Readable odd files, each with an 8-bit twin that must give the same matte."""
     root = tmp_path_factory.mktemp("odd")
-    img, tri, twin = root / "image", root / "trimap", root / "twin"
-    for d in (img, tri, twin):
-        d.mkdir()
+    img, tri, twin = subfolders(root, "image", "trimap", "twin")
     trimap = disc_trimap()
     low = np.random.default_rng(1).integers(0, 256, photo.shape).astype(np.uint16)
     cv2.imwrite(str(img / "p16.png"), photo.astype(np.uint16) * 256 + low)
@@ -191,9 +196,7 @@ def test_test_py_reads_odd_files_by_the_convention(odd_folder, ckpt, tmp_path):
 def broken_folder(tmp_path_factory, photo):
     """One good pair, the three broken images, a 3×2 image and a good image with a 16-bit ground truth."""
     root = tmp_path_factory.mktemp("broken")
-    img, tri, alpha = root / "image", root / "trimap", root / "alpha"
-    for d in (img, tri, alpha):
-        d.mkdir()
+    img, tri, alpha = subfolders(root, "image", "trimap", "alpha")
     trimap = disc_trimap()
     for name in ("good", "a16"):
         cv2.imwrite(str(img / f"{name}.png"), photo)
