@@ -134,7 +134,8 @@ def _normalize(obj, path):
             if key.startswith(prefix):
                 key = key[len(prefix):]
         if not isinstance(value, torch.Tensor):
-            raise UserError(f"{path}: state_dict entry {_one_line(repr(key))} is a {type(value).__name__}, not a tensor")
+            raise UserError(f"{path}: state_dict entry {_one_line(repr(key))} is a {type(value).__name__}, "
+                            "not a tensor")
         state[key] = value
     ckpt["state_dict"] = state
     for key, kind in (("best_sad", float), ("epoch", int)):
@@ -329,7 +330,7 @@ def pretrain_misfits(net, ckpt, path):
         conv6 = state.get("conv6_1.weight")
         if "conv6_1.weight" in misfits and conv6.dim() == 4 and conv6.shape[-1] in (1, 3):
             cause = f"the file was trained with --conv6_kernel {conv6.shape[-1]}: pass --conv6_kernel {conv6.shape[-1]}"
-        elif "conv1_1.weight" in misfits and state["conv1_1.weight"].dim() == 4 and state["conv1_1.weight"].shape[1] == 3:
+        elif "conv1_1.weight" in misfits and tuple(state["conv1_1.weight"].shape[1:2]) == (3,):
             cause = "an RGB (3-channel) VGG-16: convert it with tools/chg_model.py"
         else:
             cause = "the file holds another network"

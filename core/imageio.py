@@ -91,7 +91,7 @@ def image_size(path):
 
 
 def check_image_file(path):
-    """Refuse, with one line naming ``path``, a missing or empty file or one whose header claims over :data:`MAX_PIXELS`."""
+    """Refuse (one line naming ``path``) a missing or empty file, or one whose header claims > :data:`MAX_PIXELS`."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file")
@@ -116,8 +116,9 @@ def decode(path, flags=cv2.IMREAD_UNCHANGED):
     try:
         img = cv2.imread(path, flags)
     except cv2.error as exc:  # OpenCV ≥ 5 raises on some bad headers instead of returning None
-        lines = [line for line in str(exc).splitlines() if line.strip()]
-        raise UserError(f"{path}: not a readable image (OpenCV: {lines[-1].strip()[:160] if lines else 'error'})") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[-1][:160] if lines else "error"
+        raise UserError(f"{path}: not a readable image (OpenCV: {detail})") from None
     if img is None or img.size == 0:
         raise UserError(f"{path}: not a readable image (corrupt or unsupported format)")
     return img

@@ -45,8 +45,8 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from core import data
-from core.checkpoint import (check_pretrain, check_state_dict, is_reference_format, load_partial, read_checkpoint, save_checkpoint,
-                             trained_skip, unwrap)
+from core.checkpoint import (check_pretrain, check_state_dict, is_reference_format, load_partial, read_checkpoint,
+                             save_checkpoint, trained_skip, unwrap)
 from core.inference import MODES
 from core.losses import stage_loss
 from core.metrics import format_table
