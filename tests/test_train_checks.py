@@ -13,7 +13,7 @@ import torch
 
 import core.train as train
 from core.network import DIMNet, build_model
-from core.utils import UserError
+from core.utils import UserError, run_cli
 from tests.conftest import ROOT
 from tests.test_train import base_args, write_dataset
 
@@ -66,15 +66,20 @@ def test_pretrain_that_does_not_fit_stops_before_anything_is_written(dataset, tm
     assert proc.returncode == 2 and "no_images" in proc.stderr and "conv6" not in proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize("flag, value, words", [
-    ("--max_size", "1000", "--max_size must be a positive multiple of 32 (the network's input sides are), got 1000"),
-    ("--size_w", "100", "--size_h/--size_w must be positive multiples of 32"),
-    ("--crop_h", "320,abc", "--crop_h='320,abc': expected comma-separated integers"),
-])
-def test_size_flags_are_checked_first(dataset, tmp_path, flag, value, words):
+def test_size_flags_are_checked_first(dataset, tmp_path, capsys):
     save = tmp_path / "run"
-    proc = run_train(base_args(dataset, save, flag, value))
-    assert_refused(proc, words, save_dir=save)
+    proc = run_train(base_args(dataset, save, "--max_size", "1000"))
+    assert_refused(proc, "--max_size must be a positive multiple of 32 (the network's input sides are), got 1000",
+                   save_dir=save)
+    # the other size flags through the same main() in-process (each subprocess costs a torch import)
+    for flag, value, words in (("--size_w", "100", "--size_h/--size_w must be positive multiples of 32"),
+                               ("--crop_w", "320,abc", "--crop_w='320,abc': expected comma-separated integers"),
+                               ("--crop_h", "320,0", "--crop_h='320,0': expected positive integers")):
+        with pytest.raises(SystemExit) as exc:
+            run_cli(train.main, base_args(dataset, save, flag, value))
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.count("\n") == 1 and words in err, err
+        assert not save.exists()
 
 
 def test_release_name_tells_the_skip_setting(tmp_path, encoder_part):
