@@ -194,27 +194,29 @@ def test_test_py_reads_odd_files_by_the_convention(odd_folder, ckpt, tmp_path):
 
 @pytest.fixture(scope="module")
 def broken_folder(tmp_path_factory, photo):
-    """One good pair, the three broken images, a 3×2 image and a good image with a 16-bit ground truth."""
+    """The three broken images, a 3×2 image, and good images with a 16-bit ground truth or trimap."""
     root = tmp_path_factory.mktemp("broken")
     img, tri, alpha = subfolders(root, "image", "trimap", "alpha")
     trimap = disc_trimap()
-    for name in ("good", "a16"):
+    for name in ("t16", "a16"):
         cv2.imwrite(str(img / f"{name}.png"), photo)
     for kind in BROKEN:
         write_broken(img, kind, f"{kind}.png")
     cv2.imwrite(str(img / "tiny.png"), photo[:3, :2])
-    for name in ("good", "a16", *BROKEN):
+    for name in ("t16", "a16", *BROKEN):
         cv2.imwrite(str(tri / f"{name}.png"), trimap)
         cv2.imwrite(str(alpha / f"{name}.png"), trimap)
     cv2.imwrite(str(tri / "tiny.png"), trimap[:3, :2])
     cv2.imwrite(str(alpha / "tiny.png"), trimap[:3, :2])
     cv2.imwrite(str(alpha / "a16.png"), trimap.astype(np.uint16) * 257)
+    cv2.imwrite(str(tri / "t16.png"), trimap.astype(np.uint16) * 257)
     return root
 
 
 def broken_words(root):
     img = root / "image"
-    return ("5 of 6 pairs are unusable", f"{root / 'alpha' / 'a16.png'} has uint16 samples",
+    return ("6 of 6 pairs are unusable", f"{root / 'alpha' / 'a16.png'} has uint16 samples",
+            f"trimap {root / 'trimap' / 't16.png'} has uint16 samples",
             f"{img / 'bomb.png'}: the header claims 100000×100000 pixels", f"{img / 'text.png'}: not a readable image",
             f"{img / 'tiny.png'}: image of 2×3 pixels is too small", f"{img / 'zero.png'}: empty file (0 bytes)")
 
