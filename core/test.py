@@ -95,6 +95,9 @@ def _check_one(pair, mode, max_size):
         gh, gw = read_alpha(pair.alpha).shape
         if (gh, gw) != (h, w):
             raise UserError(f"{pair.alpha}: ground-truth alpha is {gw}×{gh} but its image {pair.image} is {w}×{h}")
+        with warnings.catch_warnings():  # check_trimap above already warned about odd values
+            warnings.simplefilter("ignore")
+            read_trimap(pair.trimap)  # scoring reads it as evaluate.m does (8-bit only): fail now, not mid-run
     if mode in ("whole", "tile"):  # tile mode needs only both sides >= 32
         try:
             whole_size(h, w, max_size if mode == "whole" else max(h, w, 32))
@@ -108,18 +111,27 @@ def check_pairs(pairs, mode="whole", max_size=1600, workers=None, progress=True)
     Each image, trimap and alpha is decoded (in a few threads: OpenCV releases
     the GIL); image and trimap (and alpha) must have the same size, ``whole``
     mode needs both sides ≥ 32. Trimap values other than 0/128/255 only warn
-    (:func:`core.inference.check_trimap`). Raises :class:`UserError` naming the
-    first bad file.
+    (:func:`core.inference.check_trimap`). Raises one :class:`UserError`
+    naming every bad file (the first eight in full), so one run shows them all.
     """
     workers = workers or min(8, os.cpu_count() or 1)
+    bad = []
     with ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(_check_one, p, mode, max_size) for p in pairs]
         try:
             for fut in tqdm(futures, desc="checking", unit="img", disable=_no_bar(progress), leave=False):
-                fut.result()
+                try:
+                    fut.result()
+                except UserError as exc:
+                    bad.append(str(exc))
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+    if len(bad) == 1:
+        raise UserError(bad[0])
+    if bad:
+        raise UserError(f"{len(bad)} of {len(pairs)} pairs are unusable: " + "; ".join(bad[:8])
+                        + (f"; … and {len(bad) - 8} more" if len(bad) > 8 else ""))
 
 
 def check_outputs(pairs, save_dir):

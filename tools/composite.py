@@ -42,7 +42,8 @@ import numpy as np
 from tqdm import tqdm
 
 from core.imageio import read_image as _cv2_read  # 3-channel BGR uint8: how the reference reads fg, alpha, bg
-from core.imageio import copy_file_atomic, encode_image, remove_stale_temps, write_bytes_atomic, write_image
+from core.imageio import (check_image_file, copy_file_atomic, encode_image, remove_stale_temps, write_bytes_atomic,
+                          write_image)
 from core.utils import UserError, preview, run_cli
 
 METHODS = ("reference", "adobe")
@@ -161,8 +162,12 @@ def _pil():
 
 def _pil_read(path, kind):
     image_mod = _pil()
+    check_image_file(path)  # missing, empty or oversized: the same one line as every other reader
     try:
         with image_mod.open(path) as im:
+            if im.mode.startswith(("I", "F")):  # Pillow would clip 16-bit/float samples to 255
+                raise UserError(f"{path}: {im.mode} samples: --method adobe reads 8-bit images only "
+                                "(use --method reference, which keeps a 16-bit file's high byte)")
             im.load()
             if kind == "alpha":
                 if im.mode not in ("L", "LA", "RGB", "RGBA"):
@@ -174,7 +179,7 @@ def _pil_read(path, kind):
             if kind == "bg" and im.mode != "RGB":
                 im = im.convert("RGB")
             return np.asarray(im)[..., :3]
-    except (OSError, SyntaxError, ValueError) as exc:  # Pillow's errors for unreadable files
+    except (OSError, SyntaxError, ValueError, image_mod.DecompressionBombError):  # Pillow's errors for unreadable files
         raise UserError(f"{path}: not a readable image (Pillow cannot decode it)") from None
 
 
