@@ -47,13 +47,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from core import data
 from core.checkpoint import (check_pretrain, check_state_dict, is_reference_format, load_partial, read_checkpoint,
                              save_checkpoint, trained_skip, unwrap)
+from core.imageio import write_bytes_atomic
 from core.inference import MODES
 from core.losses import stage_loss
 from core.metrics import format_table
 from core.network import build_model, freeze_encoder_decoder, stage_has_refine
 from core.test import check_pairs, find_pairs, predict_folder
 from core.utils import UserError, dist_env, run_cli, seed_everything, select_device, setup_logging
-from tools.composite import write_bytes_atomic
 
 # Batch keys each stage's loss reads (besides the network input).
 STAGE_KEYS = {0: ("alpha", "trimap"), 1: ("alpha", "trimap", "image", "fg", "bg"),

@@ -10,7 +10,7 @@ import torch
 from core import data
 from core.preprocess import make_input
 from core.utils import UserError
-from tools.composite import composite_dataset, composite_reference
+from core.composite import composite_dataset, composite_reference
 from tools.make_synthetic import make_background, make_dataset
 
 SMALL_CROPS = ((32, 32), (48, 48), (64, 64))

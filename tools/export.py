@@ -70,7 +70,7 @@ from core.checkpoint import load_model
 from core.imageio import atomic_path, read_gray, read_image
 from core.inference import finish_matte, predict_matte, use_refined, whole_input
 from core.utils import UserError, run_cli
-from tools.composite import composite_reference
+from core.composite import composite_reference
 from tools.make_synthetic import make_background, make_foreground, trimap_from_alpha
 
 FORMATS = ("onnx", "torchscript", "both")
