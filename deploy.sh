@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Predict and score the Composition-1k test set with the reference's settings:
-# whole-image inference, max size 1600, stage 1, on the GPU (SPEC §9).
+# whole-image inference, max size 1600, stage 1 (SPEC §9); on the GPU when torch sees one.
 #
 #   DATA_ROOT=data/Combined_Dataset bash deploy.sh
 #   DATA_ROOT=... CKPT=model/my.pth STAGE=2 SAVE_DIR=result/mine CUDA=0 bash deploy.sh --amp
@@ -10,7 +10,8 @@
 # CKPT       checkpoint (default: model/stage1_skip_sad_52.9.pth)
 # STAGE      0/1: encoder-decoder alpha, 2/3: refined alpha (default: 1)
 # SAVE_DIR   where the mattes, metrics.csv and metrics.json go (default: result/comp1k_stage$STAGE)
-# CUDA       1: run on the GPU (default), 0: on the CPU
+# CUDA       1: run on the GPU (an error without one), 0: on the CPU (default: the GPU when torch sees one, else the CPU)
+# PYTHON     Python interpreter (default: python)
 # Extra arguments go to core/test.py (e.g. --crop_or_resize crop, --amp, --no_skip).
 set -euo pipefail
 
@@ -22,7 +23,8 @@ fi
 CKPT="${CKPT:-$REPO/model/stage1_skip_sad_52.9.pth}"
 STAGE="${STAGE:-1}"
 SAVE_DIR="${SAVE_DIR:-$REPO/result/comp1k_stage$STAGE}"
-CUDA="${CUDA:-1}"
+CUDA="${CUDA:-}"
+PYTHON="${PYTHON:-python}"
 
 COMP="$DATA_ROOT/Test_set/${COMP_NAME:-comp}"
 for sub in image trimap alpha; do
@@ -33,14 +35,21 @@ for sub in image trimap alpha; do
 done
 
 DEVICE_FLAG=()
+gpu_visible() { "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; }
 case "$CUDA" in
-    1) DEVICE_FLAG=(--cuda) ;;
-    0) ;;
+    "") if gpu_visible; then DEVICE_FLAG=(--cuda); echo "deploy.sh: testing on the GPU (torch sees one; CUDA=0 for the CPU)" >&2
+        else echo "deploy.sh: testing on the CPU (torch sees no GPU)" >&2; fi ;;
+    1) if ! gpu_visible; then
+           echo "error: CUDA=1 but torch sees no CUDA device: leave CUDA unset or set CUDA=0 to run on the CPU" >&2
+           exit 2
+       fi
+       DEVICE_FLAG=(--cuda); echo "deploy.sh: testing on the GPU (CUDA=1)" >&2 ;;
+    0) echo "deploy.sh: testing on the CPU (CUDA=0)" >&2 ;;
     *) echo "error: CUDA must be 1 (GPU) or 0 (CPU), got '$CUDA'" >&2; exit 2 ;;
 esac
 
-exec "${PYTHON:-python}" "$REPO/core/test.py" \
+exec "$PYTHON" "$REPO/core/test.py" \
     --imgDir "$COMP/image" --trimapDir "$COMP/trimap" --alphaDir "$COMP/alpha" \
-    --saveDir "$SAVE_DIR" --resume "$CKPT" --stage "$STAGE" \
+    --saveDir "$SAVE_DIR" --resume "$CKPT" --stage "$STAGE" --stage_setting STAGE \
     --crop_or_resize whole --max_size 1600 --size_h 320 --size_w 320 \
     ${DEVICE_FLAG[@]+"${DEVICE_FLAG[@]}"} "$@"

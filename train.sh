@@ -6,15 +6,18 @@
 #   DATA_ROOT=... NPROC=4 bash train.sh                                  # 4 GPUs through torchrun
 #   DATA_ROOT=... CUDA=0 bash train.sh --nEpochs 1                       # CPU; extra flags go to core/train.py
 #   DATA_ROOT=... bash train.sh --resume model/stage1/ckpt_last.pth      # continue an interrupted run
+#   DATA_ROOT=... COCO_DIR=/data/train2017 bash train.sh --online        # compose on the fly: no Training_set/comp
 #
 # Environment (defaults in brackets):
-#   DATA_ROOT     the Combined_Dataset folder holding Training_set/comp and Test_set/comp (tools/composite.py) [required]
+#   DATA_ROOT     the Combined_Dataset folder holding Training_set/comp and Test_set/comp (tools/composite.py);
+#                 with --online its Training_set name lists and Adobe foregrounds/alphas (--adobeDir) [required]
+#   COCO_DIR      with --online: the COCO train2017 backgrounds (--cocoDir; or pass --cocoDir yourself)
 #   STAGE         0, 1, 2 or 3 [1]
 #   SAVE_DIR      checkpoint folder [model/stage$STAGE in this repository]
 #   PRETRAIN      initial weights; "" for none [stage 0/1: model/vgg_state_dict.pth,
 #                 stage 2: model/stage1/ckpt_best.pth, stage 3: model/stage2/ckpt_best.pth, in this repository]
 #   NPROC         processes (GPUs) on this machine; > 1 launches torchrun --standalone [1]
-#   CUDA          1: --cuda, 0: train on the CPU [1]
+#   CUDA          1: the GPU (an error without one), 0: the CPU [unset: the GPU when torch sees one, else the CPU]
 #   LOG_FILE      log file [$SAVE_DIR/train.log] (passed as --logFile: torchrun takes --log… for itself)
 #   TEST_RES_DIR  also write the test predictions there [not written]
 #   PYTHON        Python interpreter [python]
@@ -28,17 +31,37 @@ if [ -z "${DATA_ROOT:-}" ]; then
 fi
 TRAIN_DIR="$DATA_ROOT/Training_set/comp"
 TEST_DIR="$DATA_ROOT/Test_set/comp"
-for d in image fg bg alpha; do
-    if [ ! -d "$TRAIN_DIR/$d" ]; then
-        echo "train.sh: $TRAIN_DIR/$d is missing: run tools/composite.py on DATA_ROOT=$DATA_ROOT first" >&2
+ONLINE=0
+GIVEN_COCO=0
+for arg in "$@"; do
+    case "$arg" in
+        --online) ONLINE=1 ;;
+        --cocoDir|--cocoDir=*) GIVEN_COCO=1 ;;
+    esac
+done
+if [ "$ONLINE" = 1 ]; then
+    # online compositing reads the Adobe foregrounds, the name lists and COCO directly (core/data.py)
+    if [ ! -d "$DATA_ROOT/Training_set" ]; then
+        echo "train.sh: --online reads the Adobe foregrounds, alphas and name lists from $DATA_ROOT/Training_set, which is missing (DATA_ROOT=$DATA_ROOT)" >&2
         exit 2
     fi
-done
+    if [ "$GIVEN_COCO" = 0 ] && [ -z "${COCO_DIR:-}" ]; then
+        echo "train.sh: --online also needs the COCO train2017 backgrounds: set COCO_DIR=DIR or pass --cocoDir DIR" >&2
+        exit 2
+    fi
+else
+    for d in image fg bg alpha; do
+        if [ ! -d "$TRAIN_DIR/$d" ]; then
+            echo "train.sh: $TRAIN_DIR/$d is missing: run tools/composite.py on DATA_ROOT=$DATA_ROOT first, or train with --online (COCO_DIR=DIR)" >&2
+            exit 2
+        fi
+    done
+fi
 
 STAGE="${STAGE:-1}"
 SAVE_DIR="${SAVE_DIR:-$REPO/model/stage$STAGE}"
 NPROC="${NPROC:-1}"
-CUDA="${CUDA:-1}"
+CUDA="${CUDA:-}"
 LOG_FILE="${LOG_FILE:-$SAVE_DIR/train.log}"
 PYTHON="${PYTHON:-python}"
 case "$STAGE" in
@@ -59,11 +82,16 @@ done
 
 args=(
     --crop_h=320,480,640 --crop_w=320,480,640 --size_h=320 --size_w=320
-    --imgDir="$TRAIN_DIR/image" --fgDir="$TRAIN_DIR/fg" --bgDir="$TRAIN_DIR/bg" --alphaDir="$TRAIN_DIR/alpha"
     --saveDir="$SAVE_DIR" --batchSize=1 --nEpochs=12 --step=-1 --lr=0.00001 --wl_weight=0.5
     --threads=4 --printFreq=10 --ckptSaveFreq=1 --seed=123 --stage="$STAGE"
     --logFile="$LOG_FILE"
 )
+if [ "$ONLINE" = 1 ]; then
+    args+=(--adobeDir="$DATA_ROOT")
+    if [ -n "${COCO_DIR:-}" ]; then args+=(--cocoDir="$COCO_DIR"); fi
+else
+    args+=(--imgDir="$TRAIN_DIR/image" --fgDir="$TRAIN_DIR/fg" --bgDir="$TRAIN_DIR/bg" --alphaDir="$TRAIN_DIR/alpha")
+fi
 if [ -n "$PRETRAIN" ]; then
     if [ ! -f "$PRETRAIN" ]; then
         hint="run python tools/chg_model.py first (it writes model/vgg_state_dict.pth)"
@@ -73,9 +101,16 @@ if [ -n "$PRETRAIN" ]; then
     fi
     args+=(--pretrain="$PRETRAIN")
 fi
+gpu_visible() { "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; }
 case "$CUDA" in
-    1) args+=(--cuda) ;;
-    0) ;;
+    "") if gpu_visible; then args+=(--cuda); echo "train.sh: training on the GPU (torch sees one; CUDA=0 for the CPU)" >&2
+        else echo "train.sh: training on the CPU (torch sees no GPU)" >&2; fi ;;
+    1) if ! gpu_visible; then
+           echo "train.sh: CUDA=1 but torch sees no CUDA device: leave CUDA unset or set CUDA=0 to train on the CPU" >&2
+           exit 2
+       fi
+       args+=(--cuda); echo "train.sh: training on the GPU (CUDA=1)" >&2 ;;
+    0) echo "train.sh: training on the CPU (CUDA=0)" >&2 ;;
     *) echo "train.sh: CUDA must be 1 (GPU) or 0 (CPU), not '$CUDA'" >&2; exit 2 ;;
 esac
 if [ -d "$TEST_DIR/image" ]; then

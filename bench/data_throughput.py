@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from core import data
 from core.utils import UserError, run_cli
-from tools.composite import COCO2014_PREFIX, composite_dataset, write_image
+from core.composite import COCO2014_PREFIX, composite_dataset
+from core.imageio import write_image
 from tools.make_synthetic import make_background, make_foreground
 
 

@@ -18,6 +18,7 @@ import io
 import os
 import pickle
 import struct
+import warnings
 import zipfile
 
 import numpy as np
@@ -46,6 +47,25 @@ RELEASE_URL = "https://github.com/huochaitiantang/pytorch-deep-image-matting/rel
 _PREFIXES = ("module.", "_orig_mod.")
 
 
+# What torch's zip reader and the pickle machinery raise on malformed bytes: an
+# unknown opcode is a KeyError, a bad memo or stack reference an IndexError or
+# KeyError, a REDUCE on a non-callable a TypeError, a damaged zip directory an
+# OSError (errno 22) or RuntimeError, a length beyond the file an EOFError,
+# a malformed persistent id an AssertionError in torch's weights-only reader.
+READER_ERRORS = (EOFError, OSError, zipfile.BadZipFile, struct.error, ValueError, RuntimeError, KeyError,
+                 IndexError, TypeError, AttributeError, AssertionError, NotImplementedError, OverflowError,
+                 MemoryError, RecursionError)
+
+
+def _one_line(exc, kind=None):
+    """A short, printable, one-line rendering of an exception (or string) for an error message."""
+    lines = str(exc).splitlines()
+    text = "".join(c if c.isprintable() else "?" for c in (lines[0].strip() if lines else ""))[:200]
+    if kind:
+        text = f"{kind}: {text}" if text else kind
+    return text
+
+
 def _torch_load_safe(path):
     """``torch.load(weights_only=True)`` allowing only numeric numpy scalars."""
     safe = [np.dtype, np.dtypes.Float64DType, np.dtypes.Float32DType, np.dtypes.Int64DType]
@@ -71,25 +91,29 @@ def read_checkpoint(path):
         raise UserError(f"{path}: no such checkpoint file")
     with open(path, "rb") as f:
         head = f.read(16)
+    if is_legacy_file(head):
+        reader = load_legacy
+    elif head.startswith(b"PK\x03\x04"):
+        reader = _torch_load_safe
+    else:
+        raise UserError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a legacy torch file)")
+    # The one place where what the readers raise on bad bytes becomes a user error.
     try:
-        if is_legacy_file(head):
-            obj = load_legacy(path)
-        elif head.startswith(b"PK\x03\x04"):
-            obj = _torch_load_safe(path)
-        else:
-            raise UserError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a legacy torch file)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch's note on an unusual pickle protocol: the error says enough
+            obj = reader(path)
     except ForbiddenGlobal as exc:
-        raise UserError(f"{path}: refusing to load: unpickling it would call {exc} (only tensors and plain values are allowed)") from None
+        raise UserError(f"{path}: refusing to load: unpickling it would call {_one_line(exc)} "
+                        "(only tensors and plain values are allowed)") from None
     except pickle.UnpicklingError as exc:
         msg = str(exc).splitlines()
         detail = next((line.strip() for line in msg if "GLOBAL" in line or "Unsupported" in line), msg[0] if msg else "")
         if "weights_only" in str(exc) or "GLOBAL" in str(exc):
-            raise UserError(f"{path}: refusing to load: the file holds objects other than tensors and plain values ({detail[:200]})") from None
-        raise UserError(f"{path}: corrupt checkpoint ({detail[:200]})") from None
-    except (EOFError, zipfile.BadZipFile, struct.error, ValueError) as exc:
-        raise UserError(f"{path}: truncated or corrupt checkpoint ({exc})") from None
-    except RuntimeError as exc:
-        raise UserError(f"{path}: truncated or corrupt checkpoint ({str(exc).splitlines()[0][:200]})") from None
+            raise UserError(f"{path}: refusing to load: the file holds objects other than tensors and plain values "
+                            f"({_one_line(detail)})") from None
+        raise UserError(f"{path}: truncated or corrupt checkpoint ({_one_line(detail)})") from None
+    except READER_ERRORS as exc:
+        raise UserError(f"{path}: truncated or corrupt checkpoint ({_one_line(exc, type(exc).__name__)})") from None
     return _normalize(obj, path)
 
 
@@ -100,7 +124,7 @@ def _normalize(obj, path):
         ckpt = {"state_dict": obj}
     else:
         kind = type(obj).__name__
-        keys = ", ".join(map(str, list(obj)[:5])) if isinstance(obj, dict) else ""
+        keys = _one_line(", ".join(map(str, list(obj)[:5]))) if isinstance(obj, dict) else ""
         raise UserError(f"{path}: not a checkpoint: expected a state dict or a dict with 'state_dict', "
                         f"found a {kind}" + (f" with keys {keys}" if keys else ""))
     state = {}
@@ -110,13 +134,21 @@ def _normalize(obj, path):
             if key.startswith(prefix):
                 key = key[len(prefix):]
         if not isinstance(value, torch.Tensor):
-            raise UserError(f"{path}: state_dict entry {key!r} is a {type(value).__name__}, not a tensor")
+            raise UserError(f"{path}: state_dict entry {_one_line(repr(key))} is a {type(value).__name__}, "
+                            "not a tensor")
         state[key] = value
     ckpt["state_dict"] = state
-    if ckpt.get("best_sad") is not None:
-        ckpt["best_sad"] = float(ckpt["best_sad"])
-    if ckpt.get("epoch") is not None:
-        ckpt["epoch"] = int(ckpt["epoch"])
+    for key, kind in (("best_sad", float), ("epoch", int)):
+        value = ckpt.get(key)
+        if value is None:
+            continue
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool):
+            raise UserError(f"{path}: {key} is a {type(value).__name__}, not a number")
+        if kind is int and (not np.isfinite(value) or value != int(value)):
+            raise UserError(f"{path}: epoch {_one_line(value)} is not a whole number")
+        ckpt[key] = kind(value)
     return ckpt
 
 
@@ -137,6 +169,25 @@ def describe_foreign(state, path):
     return None
 
 
+def trained_skip(ckpt, path):
+    """``(skip, source)`` when the file says whether it was trained with skip connections, else None.
+
+    The weights cannot tell (skip sums have no parameters): this project's
+    metadata can, and so can the name of a released file (SPEC §3).
+    """
+    if isinstance(ckpt.get("arch"), dict) and "skip" in ckpt["arch"]:
+        return bool(ckpt["arch"]["skip"]), "checkpoint metadata"
+    name = os.path.basename(path)
+    if name in RELEASED_SKIP:
+        return RELEASED_SKIP[name], "release file name"
+    return None
+
+
+def is_reference_format(ckpt):
+    """True for a file the reference wrote (no ``format_version``): its ``best_sad`` is on another scale."""
+    return "format_version" not in ckpt
+
+
 def arch_from_checkpoint(ckpt, path, skip=None):
     """The network's keyword arguments for ``ckpt`` and where ``skip`` came from.
 
@@ -153,19 +204,17 @@ def arch_from_checkpoint(ckpt, path, skip=None):
         raise UserError(f"{path}: conv6_1.weight missing or of unexpected shape "
                         f"{None if conv6 is None else tuple(conv6.shape)} (expected 512×512×1×1 or 512×512×3×3)")
     arch = {"conv6_kernel": int(conv6.shape[-1]), "refine": "refine_pred.weight" in state}
-    name = os.path.basename(path)
+    said = trained_skip(ckpt, path)
     if skip is not None:
         arch["skip"], source = bool(skip), "command line"
-    elif isinstance(ckpt.get("arch"), dict) and "skip" in ckpt["arch"]:
-        arch["skip"], source = bool(ckpt["arch"]["skip"]), "checkpoint metadata"
-    elif name in RELEASED_SKIP:
-        arch["skip"], source = RELEASED_SKIP[name], "release file name"
+    elif said is not None:
+        arch["skip"], source = said
     else:
         arch["skip"], source = True, "default (current reference); pass --no_skip for models trained without skip"
     return arch, source
 
 
-def load_model(path, stage=None, skip=None, device="cpu"):
+def load_model(path, stage=None, skip=None, device="cpu", stage_flag="--stage {}"):
     """Build the network a checkpoint holds and load its weights strictly.
 
     Args:
@@ -173,9 +222,11 @@ def load_model(path, stage=None, skip=None, device="cpu"):
         stage: 0–3 or None. Stages 2/3 need a refinement head in the file;
             stages 0/1 refuse one (its refined alpha would be ignored).
         skip: True/False to override the skip setting (``--skip``/``--no_skip``).
+        stage_flag: how the user set the stage, for messages (deploy.sh: ``STAGE={}``).
     Returns:
         ``(model, info)``: the model in eval mode on ``device``; ``info`` has
-        ``arch``, ``skip_source``, ``epoch``, ``best_sad``.
+        ``arch``, ``skip_source``, ``epoch``, ``best_sad``, ``stage`` (the training
+        stage from this project's config, None for other files).
     """
     path = os.fspath(path)
     name = os.path.basename(path)
@@ -187,16 +238,18 @@ def load_model(path, stage=None, skip=None, device="cpu"):
     if stage is not None:
         want_refine = stage >= 2
         if want_refine and not arch["refine"]:
-            raise UserError(f"{path}: --stage {stage} needs a refinement head, but the file has no refine_* "
-                            "weights (a stage 0/1 model): use --stage 1, or train stage 2 from it with --pretrain")
+            raise UserError(f"{path}: {stage_flag.format(stage)} needs a refinement head, but the file has no "
+                            f"refine_* weights (a stage 0/1 model): use {stage_flag.format(1)}, or train stage 2 "
+                            "from it with --pretrain")
         if not want_refine and arch["refine"]:
             raise UserError(f"{path}: the file holds a refinement head (refine_* weights, a stage 2/3 model) "
-                            f"that --stage {stage} would ignore: use --stage 2 or 3")
+                            f"that {stage_flag.format(stage)} would ignore: use {stage_flag.format(2)} or 3")
     model = DIMNet(**arch)
     check_state_dict(model, ckpt["state_dict"], path)
     model.load_state_dict(ckpt["state_dict"], strict=True)
     model.to(device).eval()
-    info = {"arch": arch, "skip_source": source, "epoch": ckpt.get("epoch"), "best_sad": ckpt.get("best_sad")}
+    info = {"arch": arch, "skip_source": source, "epoch": ckpt.get("epoch"), "best_sad": ckpt.get("best_sad"),
+            "stage": (ckpt.get("config") or {}).get("stage")}
     return model, info
 
 
@@ -265,24 +318,78 @@ def save_checkpoint(path, model, epoch, best_sad, optimizer=None, config=None, t
     atomic_torch_save(obj, path)
 
 
-def load_partial(model, path):
-    """Load whatever of ``path`` fits ``model`` (``--pretrain``), by name and shape.
+def pretrain_misfits(net, ckpt, path):
+    """One-line problems that make ``ckpt`` a wrong start for ``net`` (empty when it fits).
+
+    Names the tensors whose shapes differ and the likely cause, and a skip
+    setting that differs from what the file says it was trained with.
+    Missing tensors are not a problem here (the decoder of the converted
+    VGG-16 is meant to stay random).
+    """
+    state, own = ckpt["state_dict"], net.state_dict()
+    problems = []
+    misfits = sorted(k for k in state if k in own and state[k].shape != own[k].shape)
+    if misfits:
+        shapes = _list([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in misfits], 3)
+        conv6 = state.get("conv6_1.weight")
+        if "conv6_1.weight" in misfits and conv6.dim() == 4 and conv6.shape[-1] in (1, 3):
+            cause = f"the file was trained with --conv6_kernel {conv6.shape[-1]}: pass --conv6_kernel {conv6.shape[-1]}"
+        elif "conv1_1.weight" in misfits and tuple(state["conv1_1.weight"].shape[1:2]) == (3,):
+            cause = "an RGB (3-channel) VGG-16: convert it with tools/chg_model.py"
+        else:
+            cause = "the file holds another network"
+        problems.append(f"{len(misfits)} tensor(s) of the file do not fit the network being built: {shapes} "
+                        f"(likely cause: {cause})")
+    said = trained_skip(ckpt, path)
+    if said is not None and said[0] != net.skip:
+        problems.append(f"it was trained {'with' if said[0] else 'without'} skip connections ({said[1]}) but the "
+                        f"network being built has {'them' if net.skip else 'none'}: pass "
+                        f"{'--skip' if said[0] else '--no_skip'}")
+    return problems
+
+
+def check_pretrain(net, path, partial=False):
+    """Read ``path`` and check it as a starting point for ``net``; returns ``(ckpt, problems)``.
+
+    ``net`` may live on the meta device (only names and shapes are used).
+    Raises :class:`UserError` when nothing of the file fits, and, unless
+    ``partial``, when :func:`pretrain_misfits` finds problems.
+    """
+    ckpt = read_checkpoint(path)
+    state, own = ckpt["state_dict"], net.state_dict()
+    if not any(k in own and own[k].shape == v.shape for k, v in state.items()):
+        problem = describe_foreign(state, path)
+        if problem and "torchvision" in problem:
+            raise UserError(problem)
+        raise UserError(f"{path}: no weight of this file fits the network (keys like {_list(state, 3)})")
+    problems = pretrain_misfits(net, ckpt, path)
+    if problems and not partial:
+        raise UserError(f"{path}: " + "; ".join(problems) + " (or --pretrain_partial to load only what fits)")
+    return ckpt, problems
+
+
+def load_partial(model, path, partial=False, warn=None):
+    """Load ``path`` into ``model`` as a starting point (``--pretrain``), by name and shape.
+
+    Tensors of the model absent from the file keep their values. Tensors of
+    the wrong shape, or a skip setting other than the one the file was trained
+    with (:func:`pretrain_misfits`), are a :class:`UserError`, unless
+    ``partial`` (``--pretrain_partial``): then each problem goes to ``warn``
+    and only what fits is loaded.
 
     Returns ``(loaded, random, skipped)``: names loaded, parameters of the model
     left as they were, and file entries not used (absent from the model or of
     another shape, with the reason). A file of which nothing fits is an error.
     """
-    ckpt = read_checkpoint(path)
-    state = ckpt["state_dict"]
-    own = unwrap(model).state_dict()
+    net = unwrap(model)
+    ckpt, problems = check_pretrain(net, path, partial)
+    for problem in problems:
+        if warn is not None:
+            warn(f"{path}: {problem}; --pretrain_partial: loading only what fits")
+    state, own = ckpt["state_dict"], net.state_dict()
     fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not fits:
-        problem = describe_foreign(state, path)
-        if problem and "torchvision" in problem:
-            raise UserError(problem)
-        raise UserError(f"{path}: no weight of this file fits the network (keys like {_list(state, 3)})")
     skipped = {k: ("shape " + str(tuple(v.shape)) + " vs " + str(tuple(own[k].shape))) if k in own else "not in the network"
                for k, v in state.items() if k not in fits}
-    unwrap(model).load_state_dict(fits, strict=False)
+    net.load_state_dict(fits, strict=False)
     random = sorted(set(own) - set(fits))
     return sorted(fits), random, skipped

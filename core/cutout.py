@@ -29,6 +29,7 @@ Command-line glue for ``core/test.py`` and ``core/demo.py``:
 import importlib.util
 import math
 import os
+import re
 
 import cv2
 import numpy as np
@@ -62,6 +63,15 @@ def as_alpha(alpha):
 
 def pymatting_available():
     return importlib.util.find_spec("pymatting") is not None
+
+
+def resolve_backend(backend="auto"):
+    """The estimator ``backend`` runs: ``pymatting`` or ``numpy`` (``auto``: pymatting when installed)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "pymatting" if pymatting_available() else "numpy"
+    return backend
 
 
 def _shifted(a):
@@ -140,13 +150,12 @@ def estimate_foreground(image_bgr, alpha, backend="auto"):
             not installed), ``numpy`` (:func:`estimate_fb_numpy`) or ``auto``
             (pymatting when installed).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    backend = resolve_backend(backend)
     if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.shape[:2] != np.shape(alpha)[:2]:
         raise ValueError(f"image {image_bgr.shape} and alpha {np.shape(alpha)} must be H×W×3 and H×W")
     image = image_bgr.astype(np.float32) / np.float32(255)
     alpha = as_alpha(alpha)
-    if backend == "numpy" or (backend == "auto" and not pymatting_available()):
+    if backend == "numpy":
         return estimate_fb_numpy(image, alpha)[0]
     try:
         from pymatting import estimate_foreground_ml
@@ -211,6 +220,23 @@ def parse_background(spec):
                     "nor an existing image file")
 
 
+def background_label(spec):
+    """The part of a cut-out's file name that says which ``--background`` it shows.
+
+    A named colour keeps its name (``white``), other colours become their RGB
+    hex digits (``#2080FF`` and ``32,128,255`` → ``2080ff``), an image its file
+    stem (``photos/beach.jpg`` → ``beach``).
+    """
+    text = spec.strip().lower()
+    if text in NAMED_COLOURS_RGB:
+        return text
+    colour = parse_colour(spec)
+    if colour is not None:
+        return "".join(f"{v:02x}" for v in reversed(colour))
+    stem = os.path.splitext(os.path.basename(spec.rstrip("/\\")))[0]
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem) or "image"
+
+
 def cover(background, h, w):
     """Resize ``background`` (H'×W'×3) to cover h×w keeping its aspect ratio, then crop the centre."""
     bh, bw = background.shape[:2]
@@ -251,14 +277,15 @@ def checkerboard(h, w, cell=16, light=204, dark=153):
 # Command-line glue (core/test.py, core/demo.py)
 # --------------------------------------------------------------------------- #
 def add_cutout_args(parser):
-    """Add ``--rgba``, ``--background COLOUR|IMAGE`` and ``--fg_backend`` to an argparse parser."""
+    """Add ``--rgba``, ``--background COLOUR|IMAGE`` (repeatable) and ``--fg_backend`` to an argparse parser."""
     group = parser.add_argument_group("cut-outs")
     group.add_argument("--rgba", action="store_true",
                        help=f"also write an RGBA cut-out per image: <saveDir>/{CUTOUT_DIR}/<name>_rgba.png "
                             "(foreground colours estimated so no old background shows in hair)")
-    group.add_argument("--background", default=None, metavar="COLOUR|IMAGE",
-                       help=f"also write the subject over a new background: <saveDir>/{CUTOUT_DIR}/<name>_bg.png; "
-                            "a colour (#RRGGBB, R,G,B, white, black, green, …) or an image (resized to cover)")
+    group.add_argument("--background", action="append", default=None, metavar="COLOUR|IMAGE",
+                       help=f"also write the subject over a new background: <saveDir>/{CUTOUT_DIR}/<name>_bg_<bg>.png, "
+                            "<bg> the colour's name or hex digits or the image's file stem; a colour (#RRGGBB, "
+                            "R,G,B, white, black, green, …) or an image (resized to cover); repeat for several")
     group.add_argument("--fg_backend", choices=BACKENDS, default="auto",
                        help="foreground estimator: pymatting (pip install pymatting), numpy, or auto "
                             "(pymatting when installed; default)")
@@ -267,26 +294,37 @@ def add_cutout_args(parser):
 def cutout_options(args):
     """Keyword arguments for :func:`write_cutouts` from the parsed flags, or None when no cut-out is asked for.
 
-    Parses ``--background`` (and reads its image) once, before any prediction,
-    so a bad value fails early.
+    Parses every ``--background`` (and reads its image) once, before any
+    prediction, so a bad value fails early. ``backend`` is the estimator that
+    will run (``auto`` resolved), for the summary line.
     """
-    if not getattr(args, "rgba", False) and not getattr(args, "background", None):
+    specs = getattr(args, "background", None) or []
+    if isinstance(specs, str):
+        specs = [specs]
+    if not getattr(args, "rgba", False) and not specs:
         return None
-    background = parse_background(args.background) if args.background else None
+    backgrounds, seen = [], {}
+    for spec in specs:
+        label = background_label(spec)
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > 1:  # two images called bg.jpg in different folders: bg, bg_2
+            label = f"{label}_{seen[label]}"
+        backgrounds.append((label, parse_background(spec)))
     backend = getattr(args, "fg_backend", "auto")
     if backend == "pymatting" and not pymatting_available():
         raise UserError("--fg_backend pymatting: pymatting is not installed (pip install pymatting)")
-    return {"rgba": bool(args.rgba), "background": background, "backend": backend}
+    return {"rgba": bool(args.rgba), "backgrounds": backgrounds, "backend": resolve_backend(backend)}
 
 
-def write_cutouts(save_dir, name, image_bgr, alpha, rgba=False, background=None, backend="auto"):
-    """Write ``save_dir/cutout/<stem>_rgba.png`` and/or ``<stem>_bg.png``; returns the paths written.
+def write_cutouts(save_dir, name, image_bgr, alpha, rgba=False, backgrounds=(), backend="auto"):
+    """Write ``save_dir/cutout/<stem>_rgba.png`` and/or ``<stem>_bg_<label>.png``; returns the paths written.
 
     ``name``: the matte's file name; ``image_bgr``: the photo, uint8 H×W×3;
     ``alpha``: its matte after forcing (uint8 as written, or float [0, 1]);
-    ``background``: a colour tuple or image from :func:`parse_background`.
+    ``backgrounds``: ``[(label, colour tuple or image)]`` (:func:`background_label`,
+    :func:`parse_background`). The foreground colours are estimated once for all of them.
     """
-    if not rgba and background is None:
+    if not rgba and not backgrounds:
         return []
     fg = estimate_foreground(image_bgr, alpha, backend)
     stem = os.path.splitext(name)[0]
@@ -294,7 +332,7 @@ def write_cutouts(save_dir, name, image_bgr, alpha, rgba=False, background=None,
     if rgba:
         paths.append(os.path.join(save_dir, CUTOUT_DIR, f"{stem}_rgba.png"))
         write_image(paths[-1], make_rgba(fg, alpha))
-    if background is not None:
-        paths.append(os.path.join(save_dir, CUTOUT_DIR, f"{stem}_bg.png"))
+    for label, background in backgrounds:
+        paths.append(os.path.join(save_dir, CUTOUT_DIR, f"{stem}_bg_{label}.png"))
         write_image(paths[-1], composite_on(fg, alpha, background))
     return paths

@@ -31,7 +31,7 @@ import torch
 from core.imageio import read_gray, read_image
 from core.preprocess import make_input
 from core.utils import UserError, preview
-from tools.composite import (composite_reference, fit_background_reference, make_composite, plan_set,
+from core.composite import (composite_reference, fit_background_reference, make_composite, plan_set,
                              read_fg_alpha, set_layout)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")

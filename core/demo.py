@@ -27,8 +27,8 @@ from core.imageio import read_gray, read_image, write_image
 from core.metrics import format_table, read_alpha, read_prediction
 from core.cutout import cutout_options
 from core.test import (REPO_ROOT, RELEASED_MODEL, Pair, add_inference_args, check_inference_args, check_pairs,
-                       find_pairs, inference_kwargs, load_for_inference, log_speed, predict_folder)
-from core.utils import UserError, run_cli, setup_logging
+                       find_pairs, inference_kwargs, load_for_inference, log_cutouts, log_speed, predict_folder)
+from core.utils import UserError, plural, run_cli, setup_logging
 
 EXAMPLE_DIR = os.path.join(REPO_ROOT, "result", "example")
 SIDE_DIR = "side_by_side"
@@ -125,8 +125,9 @@ def main(argv=None):
     result = predict_folder(model, pairs, args.saveDir, score=True, cutout=cutout, **inference_kwargs(args))
     log_speed(logger, result.seconds)
     sides = write_side_by_side(pairs, args.saveDir)
-    logger.info(f"wrote {len(pairs)} mattes to {args.saveDir} and side-by-side pictures to "
-                f"{os.path.dirname(sides[0])}")
+    logger.info(f"wrote {plural(len(pairs), 'matte')} to {args.saveDir} and "
+                f"{plural(len(sides), 'side-by-side picture')} to {os.path.dirname(sides[0])}")
+    log_cutouts(logger, result.cutouts, cutout)
     if result.rows:  # the pairs with ground truth
         print(format_table(result.rows, result.means))
     return 0

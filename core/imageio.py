@@ -3,6 +3,7 @@
 import contextlib
 import os
 import tempfile
+import warnings
 
 import cv2
 import numpy as np
@@ -13,31 +14,113 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+# Largest image any entry point decodes (e.g. 16384 × 8192). A file whose header claims more
+# (a "decompression bomb", or a corrupt header) is refused before any pixel memory is allocated.
+MAX_PIXELS = 2**27
+
+
 def read_image(path):
-    """BGR uint8 H×W×3 (a grey file is expanded, an alpha channel dropped)."""
-    img = _imread(path, cv2.IMREAD_COLOR)
-    return img
+    """A photo as BGR uint8 H×W×3, the way the reference's ``cv2.imread(path)`` reads it.
+
+    A grey or palette file is expanded to three channels, an alpha channel is
+    dropped (the colours as stored), a 16-bit file keeps its high byte
+    (``v >> 8``, OpenCV's conversion). Anything unreadable is a one-line
+    :class:`UserError` naming the file (see :func:`decode`).
+    """
+    return to_uint8(decode(path, cv2.IMREAD_COLOR), path)
 
 
 def read_gray(path):
-    """Channel 0 of a 3-channel read, uint8 H×W — how the reference reads trimaps and alphas."""
-    return _imread(path, cv2.IMREAD_COLOR)[:, :, 0].copy()
+    """Channel 0 of a 3-channel read, uint8 H×W — how the reference reads trimaps and alphas.
+
+    So an RGB trimap gives its first channel in OpenCV's BGR order (blue);
+    trimaps and alphas are normally grey, where every channel is the same.
+    """
+    return read_image(path)[:, :, 0].copy()
 
 
 def read_unchanged(path):
-    """The file as stored (grey, BGR or BGRA), uint8; used for masks whose alpha channel matters."""
-    return _imread(path, cv2.IMREAD_UNCHANGED)
+    """The file as stored (grey, BGR or BGRA), uint8; used for masks whose alpha channel matters.
+
+    16-bit files keep their high byte, like :func:`read_image`.
+    """
+    return to_uint8(decode(path, cv2.IMREAD_UNCHANGED), path)
 
 
-def _imread(path, flags):
+def to_uint8(img, path):
+    """uint8 as is; uint16 → its high byte (``v >> 8``); any other sample type is a UserError."""
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.uint16:
+        return (img >> 8).astype(np.uint8)
+    raise UserError(f"{path}: {img.dtype} samples are not supported (expected an 8- or 16-bit image)")
+
+
+def png_header(path):
+    """(height, width, colour type, bit depth) from a PNG's IHDR without decoding; None if not a PNG."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big"), head[25], head[24]
+
+
+def image_size(path):
+    """``(width, height)`` from the file's header without decoding it, or None when unknown.
+
+    PNG headers are read here; other formats through Pillow (which comes with
+    torchvision) when it is there. Pillow refuses claims above its own, lower
+    limit: those come back as ``(MAX_PIXELS + 1, 1)``.
+    """
+    png = png_header(path)
+    if png is not None:
+        return png[1], png[0]
+    try:
+        from PIL import Image
+    except ImportError:  # then OpenCV's own limit still applies
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns about large images: we decide below
+            with Image.open(path) as im:
+                return im.size
+    except Image.DecompressionBombError:
+        return MAX_PIXELS + 1, 1
+    except Exception:  # noqa: BLE001 — Pillow raises many types on odd files; OpenCV decides about those
+        return None
+
+
+def check_image_file(path):
+    """Refuse (one line naming ``path``) a missing or empty file, or one whose header claims > :data:`MAX_PIXELS`."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file")
-    img = cv2.imread(path, flags)
+    if os.path.getsize(path) == 0:
+        raise UserError(f"{path}: empty file (0 bytes), not an image")
+    size = image_size(path)
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
+        shown = f"{size[0]}×{size[1]} pixels" if size[1] > 1 else "more pixels than Pillow's limit"
+        raise UserError(f"{path}: the header claims {shown}, over the limit of {MAX_PIXELS:,} "
+                        "(a decompression bomb or a corrupt file); not decoding it")
+    return path
+
+
+def decode(path, flags=cv2.IMREAD_UNCHANGED):
+    """``cv2.imread(path, flags)`` that ends in a one-line :class:`UserError` for anything unreadable.
+
+    Missing, empty, oversized (:func:`check_image_file`), corrupt or
+    non-image files are refused; the sample type is returned as decoded
+    (uint8, uint16, …), for callers with their own rule (:func:`to_uint8`, the metrics).
+    """
+    path = check_image_file(path)
+    try:
+        img = cv2.imread(path, flags)
+    except cv2.error as exc:  # OpenCV ≥ 5 raises on some bad headers instead of returning None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[-1][:160] if lines else "error"
+        raise UserError(f"{path}: not a readable image (OpenCV: {detail})") from None
     if img is None or img.size == 0:
         raise UserError(f"{path}: not a readable image (corrupt or unsupported format)")
-    if img.dtype != np.uint8:
-        raise UserError(f"{path}: expected an 8-bit image, found {img.dtype}")
     return img
 
 

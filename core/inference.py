@@ -106,12 +106,47 @@ def whole_size(h, w, max_size):
     return new_h, new_w
 
 
-def _through_size(model, image_bgr, trimap, new_h, new_w, **kw):
-    h, w = trimap.shape
+def resize_pair(image_bgr, trimap, new_h, new_w):
+    """Image and trimap resized to new_h×new_w, both bilinearly on uint8 as the reference does (SPEC §9).
+
+    The trimap too: its resized edges hold values between 0, 128 and 255 and the
+    released models were tested that way; a nearest-neighbour trimap changes mattes
+    by several grey levels.
+    """
     img = cv2.resize(image_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     tri = cv2.resize(trimap, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    alpha = forward_once(model, img, tri, **kw)
+    return img, tri
+
+
+def _through_size(model, image_bgr, trimap, new_h, new_w, **kw):
+    h, w = trimap.shape
+    alpha = forward_once(model, *resize_pair(image_bgr, trimap, new_h, new_w), **kw)
     return cv2.resize(alpha, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def whole_input(image_bgr, trimap, max_size=1600):
+    """``whole`` mode's network input for a model run outside PyTorch (``tools/export.py``).
+
+    ``image_bgr``: H×W×3 uint8 BGR; ``trimap``: H×W uint8 0/128/255. Sides rounded
+    down to multiples of 32 and capped at ``max_size`` (:func:`whole_size`), image
+    and trimap resized bilinearly (:func:`resize_pair`), then
+    :func:`core.preprocess.make_input`. Returns float32 1×4×H'×W'; feed it to the
+    exported model and give its output to :func:`finish_matte`.
+    """
+    h, w = trimap.shape
+    img, tri = resize_pair(image_bgr, trimap, *whole_size(h, w, max_size))
+    return make_input(img, tri)[None]
+
+
+def finish_matte(alpha, trimap):
+    """An exported model's alpha (H'×W' or 1×1×H'×W' float) → the 8-bit matte ``core/test.py`` writes.
+
+    Resized bilinearly back to the trimap's H×W, forced where the trimap is 0 or
+    255 (:func:`force_known`), ``alpha·255`` truncated (:func:`to_uint8`).
+    """
+    alpha = np.asarray(alpha, np.float32).reshape(np.shape(alpha)[-2:])
+    h, w = trimap.shape
+    return to_uint8(force_known(cv2.resize(alpha, (w, h), interpolation=cv2.INTER_LINEAR), trimap))
 
 
 def predict_crop(model, image_bgr, trimap, size=(320, 320), **kw):

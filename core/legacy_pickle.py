@@ -14,6 +14,7 @@ stops the load before anything is called.
 """
 
 import collections
+import os
 import pickle
 import struct
 
@@ -77,10 +78,39 @@ _ALLOWED = {
 _ALLOWED.update({("torch", name): _StorageType(dtype) for name, dtype in _STORAGE_DTYPES.items()})
 
 
+class _BoundedFile:
+    """A read-only view of an open file that never asks for more bytes than the file has left.
+
+    The pure-Python unpickler reads a length the file states (a string's, a
+    frame's) in one call; capping it keeps a forged length from allocating
+    more memory than the file is long.
+    """
+
+    def __init__(self, f, size):
+        self.f, self.size = f, size
+
+    def left(self):
+        return max(0, self.size - self.f.tell())
+
+    def read(self, n=-1):
+        return self.f.read(self.left() if n is None or n < 0 else min(n, self.left()))
+
+    def readinto(self, buf):
+        return self.f.readinto(memoryview(buf)[:self.left()])
+
+    def readline(self):
+        return self.f.readline()
+
+    def tell(self):
+        return self.f.tell()
+
+
 class _Unpickler(pickle._Unpickler):  # pure-Python unpickler: every global goes through find_class
-    def __init__(self, file, storages):
+    def __init__(self, file, storages, claimed):
         super().__init__(file, encoding="latin1")
+        self.file_left = file.left
         self.storages = storages
+        self.claimed = claimed  # [bytes of all storages declared so far], shared by the file's pickles
 
     def find_class(self, module, name):
         try:
@@ -96,7 +126,15 @@ class _Unpickler(pickle._Unpickler):  # pure-Python unpickler: every global goes
             raise pickle.UnpicklingError("persistent id without a storage type")
         base = self.storages.get(key)
         if base is None:
-            base = self.storages[key] = torch.empty(int(numel), dtype=storage_type.dtype)
+            if not isinstance(numel, int) or numel < 0:
+                raise pickle.UnpicklingError(f"storage {key!r:.40}: bad element count {numel!r:.40}")
+            # Storage bytes follow the pickles: a storage cannot be larger than what the file has left.
+            nbytes = numel * storage_type.dtype.itemsize
+            self.claimed[0] += nbytes
+            if self.claimed[0] > self.file_left():
+                raise pickle.UnpicklingError(f"storage {key!r:.40} claims {nbytes} bytes but the file has only "
+                                             f"{self.file_left()} bytes left")
+            base = self.storages[key] = torch.empty(numel, dtype=storage_type.dtype)
         if view is not None:
             _view_key, offset, size = view
             return base[offset:offset + size]
@@ -132,13 +170,18 @@ def load_legacy(path):
     """Read a legacy-format torch file without running code.
 
     Raises ``ForbiddenGlobal`` when the file names a global outside the
-    allowlist, ``pickle.UnpicklingError``/``EOFError``/``ValueError`` when it
-    is truncated or malformed.
+    allowlist. Malformed bytes raise whatever the pickle machinery raises on
+    them (``pickle.UnpicklingError``, ``EOFError``, ``KeyError`` for an unknown
+    opcode, ``IndexError``, ``TypeError``, …; see
+    ``core.checkpoint.READER_ERRORS``), but never allocate more than the file
+    holds: every storage is checked against the bytes left before it is made.
     """
-    storages = {}
-    with open(path, "rb") as f:
+    storages, claimed = {}, [0]
+    with open(path, "rb") as raw:
+        f = _BoundedFile(raw, os.fstat(raw.fileno()).st_size)
+
         def next_pickle():
-            return _Unpickler(f, storages).load()
+            return _Unpickler(f, storages, claimed).load()
 
         if next_pickle() != MAGIC_NUMBER:
             raise pickle.UnpicklingError("bad magic number")
@@ -149,8 +192,12 @@ def load_legacy(path):
             raise pickle.UnpicklingError("big-endian files are not supported")
         result = next_pickle()
         keys = next_pickle()
+        if not isinstance(keys, list):
+            raise pickle.UnpicklingError("the storage key list is missing")
         for key in keys:
-            base = storages[key]
+            base = storages.get(key)
+            if base is None:
+                raise pickle.UnpicklingError(f"storage key {key!r:.40} is not used by the object")
             (numel,) = struct.unpack("<q", _read_exact(f, 8))
             if numel != base.numel():
                 raise pickle.UnpicklingError(f"storage {key}: {numel} elements, expected {base.numel()}")

@@ -54,7 +54,8 @@ import warnings
 import cv2
 import numpy as np
 
-from core.imageio import write_bytes_atomic
+from core.imageio import decode, write_bytes_atomic
+from core.imageio import png_header as _png_header
 from core.utils import UserError, preview
 
 GRAD_SIGMA = 1.4  # gaussgradient's σ as called by compute_gradient_loss
@@ -292,9 +293,7 @@ def compute_metrics(pred, gt, trimap):
 def _read_8bit(path, what):
     if not os.path.isfile(path):
         raise UserError(f"{what} not found: {path}")
-    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise UserError(f"cannot read {what} {path}: not an image or corrupt")
+    img = decode(path, cv2.IMREAD_UNCHANGED)  # one line naming the file for empty, corrupt or oversized files
     if img.dtype != np.uint8:
         raise UserError(f"{what} {path} has {img.dtype} samples; expected an 8-bit image")
     return img
@@ -367,15 +366,6 @@ def list_alpha_names(alpha_dir):
     if not names:
         raise UserError(f"no image files in the ground-truth alpha folder {alpha_dir}")
     return names
-
-
-def _png_header(path):
-    """(height, width, colour type, bit depth) from a PNG's IHDR without decoding; None if not a PNG."""
-    with open(path, "rb") as f:
-        head = f.read(26)
-    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
-        return None
-    return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big"), head[25], head[24]
 
 
 def check_folders(names, pred_dir, alpha_dir, trimap_dir):

@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse
+import math
 import time
 import warnings
 from collections import namedtuple
@@ -39,7 +40,7 @@ from core.inference import MODES, check_trimap, predict_matte, setup_backend, wh
 from core.tiling import check_tile_args
 from core.metrics import (compute_metrics, format_table, mean_metrics, read_alpha, read_trimap, write_metrics_csv,
                           write_metrics_json)
-from core.utils import UserError, preview, run_cli, select_device, setup_logging
+from core.utils import UserError, plural, preview, run_cli, select_device, setup_logging
 
 RELEASED_MODEL = "stage1_skip_sad_52.9.pth"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,6 +95,9 @@ def _check_one(pair, mode, max_size):
         gh, gw = read_alpha(pair.alpha).shape
         if (gh, gw) != (h, w):
             raise UserError(f"{pair.alpha}: ground-truth alpha is {gw}×{gh} but its image {pair.image} is {w}×{h}")
+        with warnings.catch_warnings():  # check_trimap above already warned about odd values
+            warnings.simplefilter("ignore")
+            read_trimap(pair.trimap)  # scoring reads it as evaluate.m does (8-bit only): fail now, not mid-run
     if mode in ("whole", "tile"):  # tile mode needs only both sides >= 32
         try:
             whole_size(h, w, max_size if mode == "whole" else max(h, w, 32))
@@ -107,18 +111,27 @@ def check_pairs(pairs, mode="whole", max_size=1600, workers=None, progress=True)
     Each image, trimap and alpha is decoded (in a few threads: OpenCV releases
     the GIL); image and trimap (and alpha) must have the same size, ``whole``
     mode needs both sides ≥ 32. Trimap values other than 0/128/255 only warn
-    (:func:`core.inference.check_trimap`). Raises :class:`UserError` naming the
-    first bad file.
+    (:func:`core.inference.check_trimap`). Raises one :class:`UserError`
+    naming every bad file (the first eight in full), so one run shows them all.
     """
     workers = workers or min(8, os.cpu_count() or 1)
+    bad = []
     with ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(_check_one, p, mode, max_size) for p in pairs]
         try:
             for fut in tqdm(futures, desc="checking", unit="img", disable=_no_bar(progress), leave=False):
-                fut.result()
+                try:
+                    fut.result()
+                except UserError as exc:
+                    bad.append(str(exc))
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+    if len(bad) == 1:
+        raise UserError(bad[0])
+    if bad:
+        raise UserError(f"{len(bad)} of {len(pairs)} pairs are unusable: " + "; ".join(bad[:8])
+                        + (f"; … and {len(bad) - 8} more" if len(bad) > 8 else ""))
 
 
 def check_outputs(pairs, save_dir):
@@ -136,11 +149,12 @@ def check_outputs(pairs, save_dir):
 # --------------------------------------------------------------------------- #
 # Predicting and scoring
 # --------------------------------------------------------------------------- #
-FolderResult = namedtuple("FolderResult", "seconds rows means stopped")
+FolderResult = namedtuple("FolderResult", "seconds rows means stopped cutouts", defaults=((),))
 FolderResult.__doc__ = """What :func:`predict_folder` did. ``seconds``: per predicted image (prediction
 only); ``rows``: ``{name: {"sad", "mse", "grad", "conn"}}`` for the scored pairs;
 ``means``: :func:`core.metrics.mean_metrics` of ``rows`` (None when nothing was
-scored or the loop stopped early); ``stopped``: ``should_stop()`` ended the loop."""
+scored or the loop stopped early); ``stopped``: ``should_stop()`` ended the loop;
+``cutouts``: the cut-out files written."""
 
 
 def score_matte(pair, matte):
@@ -187,12 +201,12 @@ def predict_folder(model, pairs, save_dir=None, mode="whole", max_size=1600, siz
     net = unwrap(model)
     was_training = net.training
     net.eval()
-    seconds, rows = [], {}
+    seconds, rows, cutouts = [], {}, []
     try:
         bar = tqdm(pairs, desc="predicting", unit="img", disable=_no_bar(progress))
         for pair in bar:
             if should_stop is not None and should_stop():
-                return FolderResult(seconds, rows, None, True)
+                return FolderResult(seconds, rows, None, True, cutouts)
             image, trimap = read_image(pair.image), read_gray(pair.trimap)
             start = time.perf_counter()
             matte = predict_matte(net, image, trimap, mode=mode, max_size=max_size, size=size, stage=stage, amp=amp,
@@ -201,13 +215,13 @@ def predict_folder(model, pairs, save_dir=None, mode="whole", max_size=1600, siz
             if save_dir is not None:
                 write_image(os.path.join(save_dir, pair.name), matte)
                 if cutout:
-                    write_cutouts(save_dir, pair.name, image, matte, **cutout)
+                    cutouts += write_cutouts(save_dir, pair.name, image, matte, **cutout)
             if score and pair.alpha:
                 rows[pair.name] = score_matte(pair, matte)
             bar.set_postfix(s_per_img=f"{seconds[-1]:.3f}")
     finally:
         net.train(was_training)
-    return FolderResult(seconds, rows, mean_metrics(rows) if rows else None, False)
+    return FolderResult(seconds, rows, mean_metrics(rows) if rows else None, False, cutouts)
 
 
 def write_scores(save_dir, rows, means):
@@ -281,14 +295,36 @@ def load_for_inference(args, logger):
     device = select_device(args.cuda)
     if args.amp and device.type != "cuda":
         logger.info("--amp has no effect on the CPU")
-    model, info = load_model(args.resume, stage=args.stage, skip=args.skip, device=device)
+    stage_flag = f"{args.stage_setting}={{}}" if getattr(args, "stage_setting", None) else "--stage {}"
+    model, info = load_model(args.resume, stage=args.stage, skip=args.skip, device=device, stage_flag=stage_flag)
     # cuDNN autotuning pays only when every forward has the same size (crop/resize; tile windows)
     setup_backend(device, benchmark=args.crop_or_resize in ("crop", "resize", "tile"))
     arch = info["arch"]
     logger.info(f"model {args.resume}: skip={arch['skip']} ({info['skip_source']}), conv6 {arch['conv6_kernel']}×"
                 f"{arch['conv6_kernel']}, refinement head {'yes' if arch['refine'] else 'no'}, "
-                f"epoch {info['epoch']}, best SAD {info['best_sad']}; device {device}")
+                f"{trained_for(info)}; device {device}")
     return model, info
+
+
+def trained_for(info):
+    """``trained 2 epochs, best SAD 15.612`` from :func:`core.checkpoint.load_model`'s info.
+
+    Checkpoints store ``epoch`` = the next epoch to run (the reference's convention),
+    so a model after 2 epochs holds 3.
+    """
+    epoch, best = info.get("epoch"), info.get("best_sad")
+    parts = [f"trained {plural(int(epoch) - 1, 'epoch')}" if isinstance(epoch, (int, float)) else "epochs unknown"]
+    if best is not None and math.isfinite(float(best)):
+        parts.append(f"best SAD {float(best):.3f}")
+    return ", ".join(parts)
+
+
+def log_cutouts(logger, paths, cutout):
+    """The summary line of the cut-outs: how many, where, and which foreground estimator made them."""
+    if paths:
+        folder = os.path.dirname(paths[0])
+        logger.info(f"wrote {plural(len(paths), 'cut-out')} to {folder} (foreground colours: {cutout['backend']}; "
+                    f"{', '.join(os.path.basename(p) for p in paths[:4])}{' …' if len(paths) > 4 else ''})")
 
 
 def log_speed(logger, seconds):
@@ -305,6 +341,7 @@ def parse_args(argv=None):
     parser.add_argument("--alphaDir", default="", help="folder of ground-truth alphas: score the saved mattes")
     parser.add_argument("--saveDir", required=True, help="folder to write the mattes (and metrics) to")
     add_inference_args(parser)
+    parser.add_argument("--stage_setting", help=argparse.SUPPRESS)  # deploy.sh: name STAGE=… in messages
     return parser.parse_args(argv)
 
 
@@ -324,6 +361,8 @@ def main(argv=None):
     result = predict_folder(model, pairs, args.saveDir, score=bool(args.alphaDir), cutout=cutout,
                             **inference_kwargs(args))
     log_speed(logger, result.seconds)
+    logger.info(f"wrote {plural(len(pairs), 'matte')} to {args.saveDir}")
+    log_cutouts(logger, result.cutouts, cutout)
     if args.alphaDir:
         print(format_table(result.rows, result.means))
         csv_path, json_path = write_scores(args.saveDir, result.rows, result.means)

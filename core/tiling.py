@@ -34,6 +34,7 @@ whole-image pass because each window sees only tile×tile context (the deepest
 VGG-16 features see a few hundred pixels): see ``bench/tile_memory.py``.
 """
 
+import logging
 import math
 
 import numpy as np
@@ -138,8 +139,10 @@ def predict_tiles(model, image_bgr, trimap, tile=DEFAULT_TILE, overlap=DEFAULT_O
         raise ValueError(f"image {image_bgr.shape[:2]} and trimap {trimap.shape} differ in size")
     if refined is None:
         refined = use_refined(model)
-    plan, _ = plan_tiles(trimap, tile, overlap)
+    plan, skipped = plan_tiles(trimap, tile, overlap)
     h, w = trimap.shape
+    logging.getLogger("dim").info(f"tile mode, {w}×{h}: {len(plan)} of {len(plan) + skipped} windows predicted "
+                                  f"({skipped} without unknown pixels skipped)")
     acc = np.zeros((h, w), np.float32)
     weight = np.zeros((h, w), np.float32)
     show = len(plan) >= PROGRESS_MIN_TILES if progress is None else progress

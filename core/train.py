@@ -45,14 +45,15 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from core import data
-from core.checkpoint import check_state_dict, load_partial, read_checkpoint, save_checkpoint, unwrap
+from core.checkpoint import (check_pretrain, check_state_dict, is_reference_format, load_partial, read_checkpoint,
+                             save_checkpoint, trained_skip, unwrap)
+from core.imageio import write_bytes_atomic
 from core.inference import MODES
 from core.losses import stage_loss
 from core.metrics import format_table
 from core.network import build_model, freeze_encoder_decoder, stage_has_refine
 from core.test import check_pairs, find_pairs, predict_folder
 from core.utils import UserError, dist_env, run_cli, seed_everything, select_device, setup_logging
-from tools.composite import write_bytes_atomic
 
 # Batch keys each stage's loss reads (besides the network input).
 STAGE_KEYS = {0: ("alpha", "trimap"), 1: ("alpha", "trimap", "image", "fg", "bg"),
@@ -110,8 +111,11 @@ def build_parser():
     m.add_argument("--no_skip", dest="skip", action="store_false", help="no skip additions (older releases)")
     m.add_argument("--conv6_kernel", type=int, default=3, choices=(1, 3),
                    help="conv6_1 kernel (1 for models released before 2019-09-09)")
-    m.add_argument("--pretrain", help="initial weights, loaded where names and shapes fit "
-                                      "(model/vgg_state_dict.pth, or the previous stage's checkpoint)")
+    m.add_argument("--pretrain", help="initial weights (model/vgg_state_dict.pth, or the previous stage's "
+                                      "checkpoint); tensors it lacks keep their initialisation, tensors of "
+                                      "another shape or another skip setting stop the run")
+    m.add_argument("--pretrain_partial", action="store_true",
+                   help="with --pretrain: load only the tensors that fit and warn about the rest instead of stopping")
     m.add_argument("--resume", help="checkpoint of this training to continue (weights, optimizer, epoch, best SAD)")
 
     s = p.add_argument_group("checkpoints and logs")
@@ -145,7 +149,8 @@ def parse_args(argv=None):
               (args.threads >= 0, "--threads must be 0 or more"),
               (args.printFreq >= 1, "--printFreq must be at least 1"),
               (args.seed >= 0, "--seed must be a non-negative integer"),
-              (args.max_size >= 32, "--max_size must be at least 32"),
+              (args.max_size >= 32 and (args.max_size % 32 == 0 or args.crop_or_resize != "whole"),
+               f"--max_size must be a positive multiple of 32 (the network's input sides are), got {args.max_size}"),
               (args.dist_timeout > 0, "--dist_timeout must be positive"),
               (args.size_h > 0 and args.size_w > 0 and args.size_h % 32 == 0 and args.size_w % 32 == 0,
                "--size_h/--size_w must be positive multiples of 32 (the network's input), "
@@ -200,13 +205,14 @@ def layer_names(param_names):
     return list(dict.fromkeys(name.rsplit(".", 1)[0] for name in param_names))
 
 
-def apply_pretrain(model, path, log):
-    """``--pretrain``: load what fits by name and shape, log what loaded and what stayed random.
+def apply_pretrain(model, path, log, partial=False):
+    """``--pretrain``: load the file, log what loaded and what stayed random.
 
     Returns ``(loaded, random, skipped)`` from :func:`core.checkpoint.load_partial`
-    (which raises UserError when nothing fits).
+    (which raises UserError when nothing fits, or, unless ``partial``, when
+    shapes or the skip setting do not fit).
     """
-    loaded, random, skipped = load_partial(model, path)
+    loaded, random, skipped = load_partial(model, path, partial, warn=log.warning)
     log.info(f"pretrain {path}: loaded {len(loaded)} tensors ({', '.join(layer_names(loaded))})")
     log.info(f"pretrain: {len(random)} tensors keep their initialisation"
              + (f" ({', '.join(layer_names(random))})" if random else ""))
@@ -315,7 +321,7 @@ class Trainer:
         model = build_model(a.stage, skip=a.skip, conv6_kernel=a.conv6_kernel)
         init_weights(model)
         if a.pretrain and not a.resume:
-            apply_pretrain(model, a.pretrain, self.log)
+            apply_pretrain(model, a.pretrain, self.log, a.pretrain_partial)
         elif a.pretrain:
             self.log.info(f"--pretrain {a.pretrain} ignored: --resume {a.resume} holds the weights")
         elif a.stage == 2 and not a.resume:
@@ -345,21 +351,27 @@ class Trainer:
 
     def resume(self, model, path):
         ckpt = read_checkpoint(path)  # UserError for a missing or corrupt file
-        saved = ckpt.get("arch") or {}
         want_refine = stage_has_refine(self.args.stage)
         has_refine = any(k.startswith("refine_") for k in ckpt["state_dict"])
         if has_refine != want_refine:
             raise UserError(f"{path}: a stage {'2/3' if has_refine else '0/1'} checkpoint cannot be resumed with "
                             f"--stage {self.args.stage}; start the new stage from it with --pretrain {path}")
-        if "skip" in saved and bool(saved["skip"]) != self.args.skip:
-            raise UserError(f"{path} was trained {'with' if saved['skip'] else 'without'} skip connections: "
-                            f"resume with {'--skip' if saved['skip'] else '--no_skip'}")
+        said = trained_skip(ckpt, path)
+        if said is not None and said[0] != self.args.skip:
+            raise UserError(f"{path} was trained {'with' if said[0] else 'without'} skip connections ({said[1]}): "
+                            f"resume with {'--skip' if said[0] else '--no_skip'}")
         check_state_dict(model, ckpt["state_dict"], path)
         model.load_state_dict(ckpt["state_dict"], strict=True)
         if ckpt.get("epoch") is None:
             raise UserError(f"{path}: no epoch stored (a bare state dict?): start from it with --pretrain instead")
         self.start_epoch = ckpt["epoch"]
         self.best_sad = math.inf if ckpt.get("best_sad") is None else ckpt["best_sad"]
+        if is_reference_format(ckpt) and ckpt.get("best_sad") is not None:
+            # The reference stores its own whole-image float SAD, not /1000 and not from the saved 8-bit
+            # mattes: no factor makes it comparable with this project's official-scale mean.
+            self.log.info(f"{path}: best_sad {ckpt['best_sad']:g} is in the reference's format (whole-image "
+                          "float SAD, not the official /1000 scale): disregarded, the next test sets the best")
+            self.best_sad = math.inf
         if ckpt.get("optimizer"):
             try:
                 self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -382,7 +394,7 @@ class Trainer:
         changed = [f"{k} {old[k]!r} → {self.config[k]!r}" for k in WATCHED_KEYS
                    if k in old and old[k] != self.config.get(k)]
         best = f"best SAD {self.best_sad:.3f}" if math.isfinite(self.best_sad) else "not tested yet"
-        self.log.info(f"resumed {path}: epoch {self.start_epoch}, iteration {self.start_iter}, {best}"
+        self.log.info(f"resumed {path}: continuing at epoch {self.start_epoch}, iteration {self.start_iter + 1}, {best}"
                       + (f"; changed: {', '.join(changed)}" if changed else ""))
         self.last_ckpt = path
 
@@ -398,8 +410,8 @@ class Trainer:
                  "batchSize": self.args.batchSize, "scaler": self.scaler.state_dict() if self.scaler else None}
         save_checkpoint(path, self.model, epoch, self.best_sad, optimizer=self.optimizer if optimizer else None,
                         config=self.config, train_state=state)
-        self.log.info(f"checkpoint saved to {path} (epoch {epoch}" + (f", iteration {iteration}" if iteration else "")
-                      + ")")
+        done = f"epoch {epoch} up to iteration {iteration}" if iteration else f"after epoch {epoch - 1}"
+        self.log.info(f"checkpoint saved to {path} ({done})")
         return path
 
     def write_config(self):
@@ -558,8 +570,22 @@ class Trainer:
         return 0
 
 
+def check_pretrain_file(args):
+    """Refuse a ``--pretrain`` file that does not fit before anything is written or built.
+
+    The check runs on a meta-device network (shapes only, no memory, no
+    random draws), so the run's seeded initialisation is unchanged; the file is
+    read again when the weights are loaded.
+    """
+    if args.pretrain and not args.resume:
+        with torch.device("meta"):
+            net = build_model(args.stage, skip=args.skip, conv6_kernel=args.conv6_kernel)
+        check_pretrain(net, args.pretrain, args.pretrain_partial)
+
+
 def main(argv=None):
     args = parse_args(argv)
+    check_pretrain_file(args)
     rank, local_rank, world = dist_env()
     device = select_device(args.cuda, local_rank)
     log = setup_logging(args.log, rank)

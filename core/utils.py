@@ -16,6 +16,11 @@ def preview(items, limit=5, sort=True):
     return shown if len(items) <= limit else f"{shown} and {len(items) - limit} more"
 
 
+def plural(n, word):
+    """``1 matte``, ``2 mattes``: a count for a log line."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 class UserError(Exception):
     """An error the user can fix (bad file, bad flag).
 

@@ -179,7 +179,9 @@ def test_load_partial_reports(tmp_path):
     enc = {"conv1_1.weight": torch.ones(64, 4, 3, 3), "conv6_1.weight": torch.ones(512, 512, 1, 1), "foo": torch.ones(1)}
     torch.save({"state_dict": enc, "epoch": 0}, tmp_path / "p.pth")
     model = DIMNet(conv6_kernel=3)
-    loaded, random, skipped = load_partial(model, tmp_path / "p.pth")
+    with pytest.raises(UserError, match="conv6_1.weight .*--conv6_kernel 1"):
+        load_partial(model, tmp_path / "p.pth")
+    loaded, random, skipped = load_partial(model, tmp_path / "p.pth", partial=True)
     assert loaded == ["conv1_1.weight"] and torch.equal(model.conv1_1.weight, enc["conv1_1.weight"])
     assert "conv6_1.weight" in random and set(skipped) == {"conv6_1.weight", "foo"}
     torch.save({"x": torch.ones(1)}, tmp_path / "none.pth")

@@ -13,7 +13,7 @@ import pytest
 import core.imageio
 from PIL import Image
 
-import tools.composite as comp
+import core.composite as comp
 from core.utils import UserError
 from tools.make_synthetic import make_dataset
 

@@ -3,6 +3,7 @@ foreground, the per-pixel solve against numpy.linalg, RGBA/composite values,
 colour parsing and the command-line glue."""
 
 import argparse
+import os
 
 import cv2
 import numpy as np
@@ -166,15 +167,27 @@ def test_cli_glue_writes_cutouts(tmp_path):
     with pytest.raises(UserError):
         cutout_options(parser.parse_args(["--background", "nope"]))
     opts = cutout_options(parser.parse_args(["--rgba", "--background", "#00FF00", "--fg_backend", "numpy"]))
-    assert opts == {"rgba": True, "background": (0, 255, 0), "backend": "numpy"}
+    assert opts == {"rgba": True, "backgrounds": [("00ff00", (0, 255, 0))], "backend": "numpy"}
     image, alpha, _, _ = known_composite(32, 128)
     matte = to_uint8(alpha)
     paths = write_cutouts(str(tmp_path), "photo.jpg", image, matte, **opts)
-    assert [p.split("/")[-2:] for p in paths] == [["cutout", "photo_rgba.png"], ["cutout", "photo_bg.png"]]
+    assert [p.split("/")[-2:] for p in paths] == [["cutout", "photo_rgba.png"], ["cutout", "photo_bg_00ff00.png"]]
     rgba = cv2.imread(paths[0], cv2.IMREAD_UNCHANGED)
     assert rgba.shape == (32, 128, 4) and np.array_equal(rgba[..., 3], matte)
     on_green = cv2.imread(paths[1])
     assert on_green.shape == (32, 128, 3) and on_green[0, 0].tolist() == [0, 255, 0]
+    # several backgrounds in one run, each file named after its background; same-named images numbered
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "beach.png"), np.full((4, 4, 3), 9, np.uint8))
+    opts = cutout_options(parser.parse_args(["--background", "white", "--background", "32,128,255", "--background",
+                                             str(tmp_path / "a" / "beach.png"), "--background",
+                                             str(tmp_path / "b" / "beach.png"), "--fg_backend", "numpy"]))
+    assert [label for label, _ in opts["backgrounds"]] == ["white", "2080ff", "beach", "beach_2"]
+    paths = write_cutouts(str(tmp_path), "photo.jpg", image, matte, **opts)
+    assert [os.path.basename(p) for p in paths] == ["photo_bg_white.png", "photo_bg_2080ff.png", "photo_bg_beach.png",
+                                                   "photo_bg_beach_2.png"]
+    assert cv2.imread(paths[2])[0, 0].tolist() == [9, 9, 9]
     assert write_cutouts(str(tmp_path), "x.png", image, matte) == []
 
 

@@ -9,8 +9,8 @@ import torch
 
 from core import data
 from core.utils import UserError
+from core.composite import composite_dataset, composite_reference
 from tests.reference_impl import reference_input
-from tools.composite import composite_dataset, composite_reference
 from tools.make_synthetic import make_background, make_dataset
 
 SMALL_CROPS = ((32, 32), (48, 48), (64, 64))

@@ -38,7 +38,7 @@ def model():
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory, model):
     path = tmp_path_factory.mktemp("ckpt") / "random_stage1.pth"
-    save_checkpoint(path, model, epoch=3, best_sad=None)
+    save_checkpoint(path, model, epoch=3, best_sad=15.612257480621338)  # after 2 epochs, as train.py stores it
     return path
 
 
@@ -142,8 +142,10 @@ def test_test_py_tile_mode_and_cutouts(tmp_path, ckpt, model, capsys):
     out = tmp_path / "pred"
     argv = folder_args(root, ckpt, out, "--crop_or_resize", "tile", "--tile_size", "64", "--tile_overlap", "16",
                        "--rgba", "--background", "0,255,0", "--fg_backend", "numpy")
-    status, _, err = run_main(test_mod.main, argv, capsys)
+    status, stdout, err = run_main(test_mod.main, argv, capsys)
     assert status == 0, err
+    assert "tile mode, 96×64: 2 of 2 windows predicted (0 without unknown pixels skipped)" in stdout
+    assert f"wrote 6 cut-outs to {out / 'cutout'} (foreground colours: numpy; a_rgba.png, a_bg_00ff00.png" in stdout
     image, trimap = cv2.imread(str(root / "image" / "a.png")), cv2.imread(str(root / "trimap" / "a.png"))[:, :, 0]
     with torch.inference_mode():
         alpha = predict_tiles(model, image, trimap, tile=64, overlap=16)
@@ -151,7 +153,7 @@ def test_test_py_tile_mode_and_cutouts(tmp_path, ckpt, model, capsys):
     assert np.array_equal(matte, to_uint8(force_known(alpha, trimap)))
     rgba = cv2.imread(str(out / "cutout" / "a_rgba.png"), cv2.IMREAD_UNCHANGED)
     assert rgba.shape == (64, 96, 4) and np.array_equal(rgba[:, :, 3], matte)
-    on_green = cv2.imread(str(out / "cutout" / "a_bg.png"))
+    on_green = cv2.imread(str(out / "cutout" / "a_bg_00ff00.png"))
     assert np.array_equal(on_green[trimap == 0], np.tile([0, 255, 0], ((trimap == 0).sum(), 1)))
     status, _, err = run_main(test_mod.main, folder_args(root, ckpt, tmp_path / "p2", "--crop_or_resize", "tile",
                                                            "--tile_size", "48"), capsys)
@@ -310,6 +312,7 @@ def test_demo_on_the_examples(tmp_path, ckpt, capsys):
         np.testing.assert_array_equal(side[label:, 3 * step:], gt)
         assert side[:label, :w].std() > 0  # the label is drawn
     assert "mean (" in stdout  # the examples have ground truth: scored
+    assert f"wrote {len(names)} mattes to {out} and {len(names)} side-by-side pictures to" in stdout
 
 
 def test_demo_single_image_without_ground_truth(tmp_path, ckpt, capsys):
@@ -317,13 +320,18 @@ def test_demo_single_image_without_ground_truth(tmp_path, ckpt, capsys):
     out = tmp_path / "pred"
     argv = ["--image", str(root / "image" / "b.jpg"), "--trimap", str(root / "trimap" / "b.png"),
             "--saveDir", str(out), "--resume", str(ckpt), "--crop_or_resize", "resize", "--size_h", "32",
-            "--size_w", "32"]
+            "--size_w", "32", "--rgba", "--background", "white", "--background", "#2080ff", "--fg_backend", "numpy"]
     status, stdout, _ = run_main(demo_mod.main, argv, capsys)
     assert status == 0
     assert [p.name for p in out.glob("*.png")] == ["b.png"]
     side = cv2.imread(str(out / "side_by_side" / "b.png"))
     assert side.shape == (70 + demo_mod.LABEL_HEIGHT, 3 * 80 + 2 * demo_mod.GAP, 3)
     assert "mean (" not in stdout
+    # the summary: one matte (singular), and the cut-outs with the estimator that made them
+    assert f"wrote 1 matte to {out} and 1 side-by-side picture to {out / 'side_by_side'}" in stdout
+    assert (f"wrote 3 cut-outs to {out / 'cutout'} (foreground colours: numpy; b_rgba.png, b_bg_white.png, "
+            "b_bg_2080ff.png)") in stdout
+    assert sorted(p.name for p in (out / "cutout").iterdir()) == ["b_bg_2080ff.png", "b_bg_white.png", "b_rgba.png"]
 
 
 def test_outputs_never_overwrite_inputs(tmp_path, ckpt, capsys):
@@ -363,13 +371,18 @@ def subprocess_runs(tmp_path_factory, ckpt):
     data_root = tmp_path_factory.mktemp("deploy")
     make_folder(data_root / "Test_set" / "comp")
     commands["deploy"] = ["bash", "deploy.sh", "--crop_or_resize", "resize", "--size_h", "32", "--size_w", "32"]
+    env = {k: v for k, v in env.items() if k not in ("CUDA", "STAGE")}  # deploy.sh's defaults, as in the README
     # deploy.sh runs $PYTHON (this interpreter); a `python` first on PATH that fails shows if it ran instead
     stub = tmp_path_factory.mktemp("stub")
     (stub / "python").write_text("#!/bin/sh\necho 'the python on PATH ran' >&2\nexit 3\n")
     (stub / "python").chmod(0o755)
     path = os.pathsep.join([str(stub), os.path.dirname(sys.executable), os.environ.get("PATH", "")])
-    envs["deploy"] = dict(env, DATA_ROOT=str(data_root), CKPT=str(ckpt), CUDA="0", SAVE_DIR=str(data_root / "out"),
+    envs["deploy"] = dict(env, DATA_ROOT=str(data_root), CKPT=str(ckpt), SAVE_DIR=str(data_root / "out"),
                           PYTHON=sys.executable, PATH=path)
+    if not torch.cuda.is_available():
+        commands["deploy_cuda1"] = commands["deploy_stage2"] = ["bash", "deploy.sh"]
+        envs["deploy_cuda1"] = dict(envs["deploy"], CUDA="1", SAVE_DIR=str(data_root / "out_cuda1"))
+        envs["deploy_stage2"] = dict(envs["deploy"], STAGE="2", SAVE_DIR=str(data_root / "out_stage2"))
     procs = {k: subprocess.Popen(c, cwd=REPO, env=envs[k], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  text=True)
              for k, c in commands.items()}
@@ -424,6 +437,25 @@ def test_deploy_sh_passes_settings_and_extra_args(subprocess_runs):
     assert sorted(p.name for p in saved.glob("*.png")) == ["a.png", "b.png", "c.png"]
     assert json.loads((saved / "metrics.json").read_text())["mean"]["n"] == 3
     assert "mode resize" in out  # the extra arguments reached core/test.py
+    # CUDA unset: the CPU here, said in the first line; the checkpoint's epochs and best SAD as trained
+    if not torch.cuda.is_available():
+        assert err.splitlines()[0] == "deploy.sh: testing on the CPU (torch sees no GPU)"
+    assert "trained 2 epochs, best SAD 15.612;" in out and "15.6122" not in out
+    assert "wrote 3 mattes to" in out
+
+
+def test_deploy_sh_errors_name_the_settings(subprocess_runs):
+    if "deploy_cuda1" not in subprocess_runs[0]:
+        pytest.skip("a GPU is present")
+    runs, data_root = subprocess_runs[0], subprocess_runs[2]
+    status, out, err = runs["deploy_cuda1"]
+    assert status == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("error: CUDA=1 but torch sees no CUDA device") and "--cuda" not in err
+    status, _, err = runs["deploy_stage2"]  # a stage-1 checkpoint with STAGE=2
+    assert status == 2 and err.splitlines()[-1].startswith("error: ") and "Traceback" not in err
+    assert "STAGE=2 needs a refinement head" in err and "use STAGE=1" in err and "--stage" not in err
+    assert not (data_root / "out_cuda1").exists()
+    assert not (data_root / "out_stage2").exists() or not any((data_root / "out_stage2").iterdir())
 
 
 @pytest.mark.parametrize("data_root, message", [(None, "set DATA_ROOT"), ("nowhere", "nowhere/Test_set/comp/image")])

@@ -379,7 +379,7 @@ def test_read_triplet_errors_name_the_file(tmp_path):
         "rgb": (np.zeros((4, 5, 3), np.uint8), "3 channels"),
         "16bit": (np.zeros((4, 5), np.uint16), "8-bit"),
         "size": (np.zeros((5, 5), np.uint8), "is 5×5 but the ground truth"),
-        "corrupt": (b"not a png", "not an image or corrupt"),
+        "corrupt": (b"not a png", "not a readable image"),
     }
     for name, (content, match) in cases.items():
         path = str(tmp_path / f"{name}.png")

@@ -245,7 +245,7 @@ def test_xavier_init_and_pretrain_report(tmp_path, caplog):
     import logging
     log = logging.getLogger("test_train_pretrain")
     with caplog.at_level(logging.INFO, logger="test_train_pretrain"):
-        loaded, random, skipped = train.apply_pretrain(model, str(path), log)
+        loaded, random, skipped = train.apply_pretrain(model, str(path), log, partial=True)
     assert loaded == ["conv1_1.bias", "conv1_1.weight"]
     assert torch.equal(model.conv1_1.weight, torch.ones(64, 4, 3, 3))
     assert "conv6_1.weight" in random and set(skipped) == {"conv6_1.weight", "fc6.weight"}
@@ -377,20 +377,22 @@ def test_train_sh_passes_the_reference_settings(tmp_path):
     for sub in ("image", "fg", "bg", "alpha"):
         (root / "Training_set" / "comp" / sub).mkdir(parents=True)
     (root / "Test_set" / "comp" / "image").mkdir(parents=True)
-    stub = tmp_path / "python"  # prints the command line instead of training
-    stub.write_text("#!/bin/sh\nfor a in \"$@\"; do echo \"$a\"; done\n")
+    stub = tmp_path / "python"  # prints the command line instead of training; `-c` (the GPU probe): exit $STUB_GPU
+    stub.write_text("#!/bin/sh\n[ \"$1\" = -c ] && exit \"${STUB_GPU:-1}\"\nfor a in \"$@\"; do echo \"$a\"; done\n")
     stub.chmod(0o755)
 
-    def sh(**env):
-        e = {k: v for k, v in os.environ.items() if k not in ("DATA_ROOT", "PRETRAIN", "NPROC", "CUDA", "STAGE")}
+    def sh(*extra, **env):
+        e = {k: v for k, v in os.environ.items()
+             if k not in ("DATA_ROOT", "PRETRAIN", "NPROC", "CUDA", "STAGE", "COCO_DIR")}
         e.update(PYTHON=str(stub), **env)
-        return subprocess.run(["bash", str(ROOT / "train.sh"), "--nEpochs=2"], capture_output=True, text=True, env=e,
-                              cwd=tmp_path, timeout=60)
+        return subprocess.run(["bash", str(ROOT / "train.sh"), *extra, "--nEpochs=2"], capture_output=True, text=True,
+                              env=e, cwd=tmp_path, timeout=60)
 
     proc = sh()
     assert proc.returncode == 2 and "DATA_ROOT" in proc.stderr
-    proc = sh(DATA_ROOT=str(root), PRETRAIN="", SAVE_DIR="runs/s1")
+    proc = sh(DATA_ROOT=str(root), PRETRAIN="", SAVE_DIR="runs/s1", STUB_GPU="0")  # CUDA unset, a GPU: --cuda
     assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines()[0] == "train.sh: training on the GPU (torch sees one; CUDA=0 for the CPU)"
     args = proc.stdout.split("\n")
     assert args[0] == str(ROOT / "core" / "train.py") and args[-2] == "--nEpochs=2"
     for flag in ("--crop_h=320,480,640", "--size_h=320", "--batchSize=1", "--nEpochs=12", "--step=-1", "--lr=0.00001",
@@ -407,6 +409,25 @@ def test_train_sh_passes_the_reference_settings(tmp_path):
     args = proc.stdout.split("\n")
     assert args[:4] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     assert "--cuda" not in args and "--stage=3" in args
+    # CUDA unset and no GPU: the CPU, said first; CUDA=1 without a GPU names the setting
+    proc = sh(DATA_ROOT=str(root), PRETRAIN="")
+    assert proc.returncode == 0 and "--cuda" not in proc.stdout.split("\n")
+    assert proc.stderr.splitlines()[0] == "train.sh: training on the CPU (torch sees no GPU)"
+    proc = sh(DATA_ROOT=str(root), PRETRAIN="", CUDA="1")
+    assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("train.sh: CUDA=1 but torch sees no CUDA device") and "--cuda" not in proc.stderr
+    # --online: the Adobe set and COCO instead of Training_set/comp, which it does not need
+    online = tmp_path / "online" / "Combined_Dataset"
+    (online / "Training_set").mkdir(parents=True)
+    proc = sh("--online", DATA_ROOT=str(online), PRETRAIN="", CUDA="0", COCO_DIR="coco")
+    assert proc.returncode == 0, proc.stderr
+    args = proc.stdout.split("\n")
+    assert "--online" in args and f"--adobeDir={online}" in args and "--cocoDir=coco" in args
+    assert not any(a.startswith(("--imgDir", "--fgDir", "--bgDir", "--alphaDir")) for a in args)
+    proc = sh("--online", DATA_ROOT=str(online), PRETRAIN="", CUDA="0")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "COCO_DIR=DIR or pass --cocoDir" in proc.stderr
+    proc = sh(DATA_ROOT=str(online), PRETRAIN="", CUDA="0")  # offline without composites: says what online needs
+    assert proc.returncode == 2 and "Training_set/comp/image is missing" in proc.stderr and "--online" in proc.stderr
     if not (ROOT / "model" / "stage1" / "ckpt_best.pth").exists():  # stage 2's default --pretrain
         proc = sh(DATA_ROOT=str(root), STAGE="2")
         assert proc.returncode == 2 and "train stage 1 first" in proc.stderr

@@ -1,9 +1,13 @@
 """Export a checkpoint to ONNX and/or TorchScript for deployment without this code.
 
     python tools/export.py --resume model/stage1_skip_sad_52.9.pth --out_dir model/export
-    python tools/export.py --resume ckpt.pth --stage 2 --format onnx --out_dir export
+    python tools/export.py --resume runs/stage2/ckpt_best.pth --stage 2 --format onnx --out model/export/my_stage2
 
-Writes ``<out_dir>/<checkpoint stem>.onnx`` and/or ``<checkpoint stem>.torchscript.pt``.
+Writes ``<out>.onnx`` and/or ``<out>.torchscript.pt``; by default ``<out>`` is
+``<out_dir>/<checkpoint stem>_stage<N>`` (``_alpha``/``_refined`` when the
+stage is unknown), so every run's ``ckpt_best.pth`` gets its own names. A file
+there that holds an export of another model (other weights or output) is not
+replaced without ``--force``; re-exporting the same model replaces it.
 
 The exported graph takes the network input ``x``: float32 N×4×H×W, H and W
 any multiples of 32 (N, H and W are dynamic in both formats): the RGB image
@@ -12,17 +16,24 @@ trimap/255 (unknown = 128/255), exactly what
 ``core.preprocess.make_input`` builds. It returns one tensor, float32
 N×1×H×W in [0, 1]: the encoder-decoder alpha for stage 0/1 models, the
 refined alpha for stage 2/3 (``--stage``; default: refined when the
-checkpoint has a refinement head). The alpha is before forcing: set it to 1
-where the trimap is 255 and 0 where it is 0, as ``core.inference.force_known``
-does; sizes other than multiples of 32 are the caller's job (resize as in
-``whole`` mode, or pad).
+checkpoint has a refinement head). The alpha is before forcing. For the
+matte ``core/test.py`` writes, build ``x`` with
+``core.inference.whole_input(image, trimap, max_size)`` (sides rounded down
+to /32, image *and trimap* resized bilinearly, as the reference) and turn the
+output into the 8-bit matte with ``core.inference.finish_matte(alpha, trimap)``
+(resize back, force the known regions, truncate).
+
+After writing, each file is run on a realistic input (a 640×480 synthetic
+example of ``tools/make_synthetic.py``, or ``--check_image``/``--check_trimap``)
+through those two functions and compared with ``core/test.py``'s matte of the
+same image: the report gives max |Δα| of the network output and the
+difference of the written matte in grey levels (ONNX needs onnxruntime;
+``--no_verify`` skips the check).
 
 * ONNX: torch's ``torch.export``-based exporter (needs ``pip install onnx
   onnxscript``; opset ``--opset``, default 18). ``max_unpool2d`` has no
   direct translation; the exporter writes it as ScatterND, which onnxruntime
-  runs. Exporting takes about half a minute on a CPU. With onnxruntime
-  installed the file is checked against PyTorch on the sample input
-  (``--no_verify`` skips it).
+  runs. Exporting takes about half a minute on a CPU.
 * TorchScript: ``torch.jit.trace`` (deprecated by PyTorch in favour of
   torch.export, still loadable with ``torch.jit.load``). torch ≥ 2.10 fails to
   trace ``max_unpool2d`` (a size check receives a traced tensor instead of an
@@ -44,21 +55,30 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 import argparse
 import contextlib
+import hashlib
 import importlib.util
+import json
 import logging
 import warnings
+import zipfile
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from core.checkpoint import load_model
-from core.imageio import atomic_path
-from core.inference import use_refined
+from core.imageio import atomic_path, read_gray, read_image
+from core.inference import finish_matte, predict_matte, use_refined, whole_input
 from core.utils import UserError, run_cli
+from core.composite import composite_reference
+from tools.make_synthetic import make_background, make_foreground, trimap_from_alpha
 
 FORMATS = ("onnx", "torchscript", "both")
 DEFAULT_OPSET = 18
 MAX_SIDE = 8192  # upper bound the ONNX exporter records for the symbolic sizes
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+META_KEY = "dim_export"  # ONNX metadata_props key / TorchScript extra file (+ ".json") naming the exported model
+CHECK_SIZE = (480, 640)  # the self-check's synthetic example, height × width
 
 
 class AlphaOnly(torch.nn.Module):
@@ -95,20 +115,25 @@ def traceable_unpool():
         F._check_unpool_output_size = original
 
 
-def export_torchscript(module, sample, path):
-    """Trace ``module`` on ``sample`` (N×4×H×W) and save it atomically to ``path``."""
+def export_torchscript(module, sample, path, meta=None):
+    """Trace ``module`` on ``sample`` (N×4×H×W) and save it atomically to ``path``.
+
+    ``meta``: a JSON-able dict stored in the file as ``extra/dim_export.json`` (see :func:`export_meta`)."""
     with torch.enable_grad(), traceable_unpool(), warnings.catch_warnings():  # reference path: see the module docstring
         warnings.simplefilter("ignore")  # deprecation and "trace might not generalize" (the input check)
         # check_trace re-traces and compares constants; max_unpool2d's size arithmetic trips it
         # although the graph is right (the tests compare outputs at other sizes).
         traced = torch.jit.trace(module, (sample,), check_trace=False)
         with atomic_path(path, ".pt") as tmp:
-            torch.jit.save(traced, tmp)
+            extra = {META_KEY + ".json": json.dumps(meta)} if meta is not None else None
+            torch.jit.save(traced, tmp, _extra_files=extra)
     return path
 
 
-def export_onnx(module, sample, path, opset=DEFAULT_OPSET):
-    """Export ``module`` to ONNX with dynamic N, H = 32·h, W = 32·w; saved atomically to ``path``."""
+def export_onnx(module, sample, path, opset=DEFAULT_OPSET, meta=None):
+    """Export ``module`` to ONNX with dynamic N, H = 32·h, W = 32·w; saved atomically to ``path``.
+
+    ``meta``: a JSON-able dict stored in the model's ``metadata_props`` under ``dim_export``."""
     missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
     if missing:
         raise UserError(f"ONNX export needs {' and '.join(missing)}: pip install {' '.join(missing)}")
@@ -126,22 +151,151 @@ def export_onnx(module, sample, path, opset=DEFAULT_OPSET):
                                         dynamic_shapes=({0: batch, 2: 32 * h32, 3: 32 * w32},), verbose=False)
     finally:
         quiet.setLevel(level)
+    if meta is not None:
+        program.model.metadata_props[META_KEY] = json.dumps(meta)
     with atomic_path(path, ".onnx") as tmp:
         program.save(tmp)
     return path
 
 
-def verify_onnx(path, module, sample):
-    """Max |ONNX − PyTorch| on ``sample`` with onnxruntime (CPU), or None when onnxruntime is missing."""
+# ---------------------------------------------------------------- names, and not overwriting another model
+
+def weights_fingerprint(model, refined):
+    """SHA-256 of the weights (names, shapes, bytes) and the exported output: what makes two exports the same."""
+    digest = hashlib.sha256(b"refined" if refined else b"alpha")
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def export_meta(checkpoint, model, refined, stage):
+    """What an export file records about its model (read back by :func:`read_meta`)."""
+    return {"checkpoint": os.path.abspath(checkpoint), "output": "refined alpha" if refined else "alpha",
+            "stage": stage, "fingerprint": weights_fingerprint(model, refined)}
+
+
+def read_meta(path):
+    """The :func:`export_meta` dict stored in an existing export, or None (not ours, or unreadable)."""
+    if path.endswith(".onnx"):
+        try:
+            import onnx
+            from google.protobuf.message import DecodeError
+        except ImportError:
+            return None
+        try:
+            props = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+        except (OSError, DecodeError):
+            return None
+        text = props.get(META_KEY)
+    else:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                name = next((n for n in archive.namelist() if n.endswith(f"/extra/{META_KEY}.json")), None)
+                text = archive.read(name).decode() if name else None
+        except (OSError, zipfile.BadZipFile):
+            return None
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
+
+
+def default_stem(checkpoint, stage, refined):
+    """``<checkpoint stem>_stage<N>``, or ``_alpha``/``_refined`` when the stage is unknown."""
+    stem = os.path.splitext(os.path.basename(checkpoint))[0]
+    return f"{stem}_stage{stage}" if stage is not None else f"{stem}_{'refined' if refined else 'alpha'}"
+
+
+def output_paths(out, formats):
+    """``{format: path}`` for the base name ``out`` (a trailing .onnx/.torchscript.pt/.pt is dropped)."""
+    for suffix in (*SUFFIXES.values(), ".pt"):
+        if out.endswith(suffix):
+            out = out[:-len(suffix)]
+            break
+    return {fmt: out + SUFFIXES[fmt] for fmt in formats}
+
+
+def check_overwrite(paths, meta, force):
+    """Refuse (UserError) to replace an existing file unless it holds an export of the same model, or ``force``."""
+    if force:
+        return
+    for path in paths:
+        if not os.path.exists(path):
+            continue
+        old = read_meta(path)
+        if old is None:
+            raise UserError(f"{path} exists and is not an export of this tool (or cannot be read): "
+                            "choose another --out, or pass --force to replace it")
+        if old.get("fingerprint") != meta["fingerprint"]:
+            raise UserError(f"{path} holds the export of another model ({old.get('checkpoint')}, "
+                            f"{old.get('output')}): choose another --out, or pass --force to replace it")
+
+
+# ---------------------------------------------------------------- the self-check on a realistic input
+
+def synthetic_example(height=CHECK_SIZE[0], width=CHECK_SIZE[1], seed=0):
+    """A non-random test image: (image BGR uint8, trimap uint8) of a tools/make_synthetic.py example
+    (textured foreground with hair-like strands and a semi-transparent region over a texture)."""
+    rng = np.random.default_rng(seed)
+    fg, alpha = make_foreground(rng, height, width)
+    bg = make_background(rng, height, width)
+    return composite_reference(fg, bg, alpha), trimap_from_alpha(alpha, 5, 4)
+
+
+def compare_on_image(run, model, image, trimap, refined, max_size=1600):
+    """Run an exported model (``run``: float32 1×4×H×W array → 1×1×H×W array) on one image in ``whole`` mode.
+
+    Returns ``(max |Δα|, max grey-level difference, pixels that differ)``: the
+    network output against PyTorch's at the same input, and the written 8-bit
+    matte (:func:`core.inference.finish_matte`) against ``core/test.py``'s
+    (:func:`core.inference.predict_matte`).
+    """
+    x = whole_input(image, trimap, max_size)
+    out = np.asarray(run(x), np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x))[1 if refined else 0].numpy()
+    stage = 2 if refined else 1
+    want = predict_matte(model, image, trimap, mode="whole", max_size=max_size, stage=stage).astype(np.int16)
+    diff = np.abs(finish_matte(out, trimap).astype(np.int16) - want)
+    return float(np.abs(out - ref).max()), int(diff.max()), int(np.count_nonzero(diff))
+
+
+def onnx_runner(path):
+    """``x → alpha`` through onnxruntime (CPU), or None when onnxruntime is not installed."""
     if importlib.util.find_spec("onnxruntime") is None:
         return None
     import onnxruntime
 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    out = session.run(None, {"x": sample.numpy()})[0]
-    with torch.no_grad():
-        ref = module(sample).numpy()
-    return float(abs(out - ref).max())
+    return lambda x: session.run(None, {"x": x})[0]
+
+
+def torchscript_runner(path):
+    """``x → alpha`` through ``torch.jit.load``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
+        loaded = torch.jit.load(path)
+
+    def run(x):
+        with torch.no_grad():
+            return loaded(torch.from_numpy(x)).numpy()
+    return run
+
+
+def check_input(args):
+    """(image, trimap, description) for the self-check: ``--check_image``/``--check_trimap`` or a synthetic example."""
+    if bool(args.check_image) != bool(args.check_trimap):
+        raise UserError("--check_image and --check_trimap go together")
+    if args.check_image:
+        image, trimap = read_image(args.check_image), read_gray(args.check_trimap)
+        if image.shape[:2] != trimap.shape:
+            raise UserError(f"{args.check_trimap}: trimap is {trimap.shape[1]}×{trimap.shape[0]} but "
+                            f"{args.check_image} is {image.shape[1]}×{image.shape[0]}")
+        return image, trimap, args.check_image
+    image, trimap = synthetic_example()
+    return image, trimap, f"a synthetic {image.shape[1]}×{image.shape[0]} example"
 
 
 def sample_input(batch=2, height=64, width=96, seed=0):
@@ -161,10 +315,18 @@ def parse_args(argv=None):
     parser.add_argument("--skip", dest="skip", action="store_true", default=None,
                         help="the model has skip connections (default: from the checkpoint or its file name)")
     parser.add_argument("--no_skip", dest="skip", action="store_false", help="the model has no skip connections")
-    parser.add_argument("--out_dir", default="model/export", help="output folder (default: model/export)")
+    parser.add_argument("--out", help="output name without extension: writes OUT.onnx and/or OUT.torchscript.pt "
+                                      "(default: <out_dir>/<checkpoint stem>_stage<N>)")
+    parser.add_argument("--out_dir", default="model/export", help="output folder when --out is not given "
+                                                                  "(default: model/export)")
+    parser.add_argument("--force", action="store_true", help="replace files that hold another model's export")
     parser.add_argument("--format", choices=FORMATS, default="both", help="what to write (default: both)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    parser.add_argument("--no_verify", action="store_true", help="do not check the ONNX file with onnxruntime")
+    parser.add_argument("--no_verify", action="store_true", help="skip the check of the written files")
+    parser.add_argument("--check_image", help="check on this photo instead of a synthetic 640×480 example")
+    parser.add_argument("--check_trimap", help="its trimap (with --check_image)")
+    parser.add_argument("--check_max_size", type=int, default=1600,
+                        help="whole mode's --max_size for the check (default: 1600)")
     return parser.parse_args(argv)
 
 
@@ -172,21 +334,38 @@ def main(argv=None):
     args = parse_args(argv)
     if args.opset < 17:
         raise UserError(f"--opset must be at least 17, got {args.opset}")
+    check = None if args.no_verify else check_input(args)  # a bad --check_image fails before the export
     model, info = load_model(args.resume, stage=args.stage, skip=args.skip)
     refined = use_refined(model, args.stage)
+    stage = args.stage if args.stage is not None else info.get("stage")
+    formats = ("onnx", "torchscript") if args.format == "both" else (args.format,)
+    out = args.out or os.path.join(args.out_dir, default_stem(args.resume, stage, refined))
+    paths = output_paths(out, formats)
+    meta = export_meta(args.resume, model, refined, stage)
+    check_overwrite(paths.values(), meta, args.force)
     module = AlphaOnly(model, refined).eval()
     sample = sample_input()
-    stem = os.path.splitext(os.path.basename(args.resume))[0]
     what = "refined alpha" if refined else "alpha"
     print(f"{args.resume}: skip={info['arch']['skip']} ({info['skip_source']}), exporting the {what}")
-    if args.format in ("onnx", "both"):
-        path = export_onnx(module, sample, os.path.join(args.out_dir, stem + ".onnx"), args.opset)
-        diff = None if args.no_verify else verify_onnx(path, module, sample)
-        check = "" if diff is None else f"; onnxruntime vs PyTorch max |diff| {diff:.2e}"
-        print(f"wrote {path}{check}")
-    if args.format in ("torchscript", "both"):
-        path = export_torchscript(module, sample, os.path.join(args.out_dir, stem + ".torchscript.pt"))
+    runners = {}
+    if "onnx" in paths:
+        export_onnx(module, sample, paths["onnx"], args.opset, meta)
+        runners["onnx"] = onnx_runner(paths["onnx"])
+    if "torchscript" in paths:
+        export_torchscript(module, sample, paths["torchscript"], meta)
+        runners["torchscript"] = torchscript_runner(paths["torchscript"])
+    for fmt, path in paths.items():
         print(f"wrote {path}")
+        if check is None:
+            continue
+        if runners[fmt] is None:
+            print("  not checked: pip install onnxruntime to run the ONNX file")
+            continue
+        image, trimap, where = check
+        dalpha, grey, pixels = compare_on_image(runners[fmt], model, image, trimap, refined, args.check_max_size)
+        print(f"  checked on {where} (whole mode): max |Δα| {dalpha:.2e} against PyTorch; the written matte "
+              f"differs from core/test.py's by at most {grey} grey level{'' if grey == 1 else 's'} "
+              f"({pixels} of {trimap.size} pixels)")
     return 0
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from core.cutout import checkerboard, composite_on, estimate_foreground
 from core.imageio import write_image
 from core.utils import run_cli
-from tools.composite import composite_reference
+from core.composite import composite_reference
 from tools.gen_trimap import trimap_from_mask
 from tools.make_synthetic import make_background, make_foreground
 

@@ -42,7 +42,7 @@ import numpy as np
 
 from core.utils import UserError, run_cli
 from core.imageio import write_bytes_atomic, write_image
-from tools.composite import COCO2014_PREFIX, composite_reference
+from core.composite import COCO2014_PREFIX, composite_reference
 
 BG_SCALES = (0.6, 1.4, 1.0, 1.8, 0.8)  # cycled, so every pool has backgrounds smaller and larger than a fg
 JPEG_FG = [cv2.IMWRITE_JPEG_QUALITY, 95]
