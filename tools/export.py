@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from core.checkpoint import load_model
 from core.imageio import atomic_path
 from core.inference import use_refined
+from core.release import download_if_missing
 from core.utils import UserError, run_cli
 
 FORMATS = ("onnx", "torchscript", "both")
@@ -154,7 +155,8 @@ def sample_input(batch=2, height=64, width=96, seed=0):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Export a Deep Image Matting checkpoint to ONNX / TorchScript.")
-    parser.add_argument("--resume", required=True, help="checkpoint to export")
+    parser.add_argument("--resume", required=True, help="checkpoint to export (a missing released model is downloaded)")
+    parser.add_argument("--no_download", action="store_true", help="never download a missing released model")
     parser.add_argument("--stage", type=int, choices=(0, 1, 2, 3), default=None,
                         help="0/1: export the encoder-decoder alpha, 2/3: the refined alpha "
                              "(default: refined when the checkpoint has a refinement head)")
@@ -172,6 +174,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.opset < 17:
         raise UserError(f"--opset must be at least 17, got {args.opset}")
+    if not args.no_download:
+        download_if_missing(args.resume)
     model, info = load_model(args.resume, stage=args.stage, skip=args.skip)
     refined = use_refined(model, args.stage)
     module = AlphaOnly(model, refined).eval()
