@@ -14,7 +14,7 @@ import math
 import cv2
 import numpy as np
 
-from core.imageio import read_unchanged
+from core.imageio import read_image, read_unchanged
 from core.utils import UserError
 
 DEFAULT_WIDTH_FRAC = 0.01
@@ -73,3 +73,42 @@ def trimap_from_mask(mask, width_px, tol=DEFAULT_TOL, binary=False, name="mask")
     trimap[cv2.erode(fg, kernel) > 0] = 255
     trimap[cv2.erode(bg, kernel) > 0] = 0
     return trimap
+
+
+def photo_mask(image_path, mask_path=None, segmenter=None):
+    """The subject mask of a photo, uint8 H×W, and where it came from, from the first of:
+
+    the photo's own alpha channel (when it has one that is not fully opaque);
+    ``mask_path`` (a binary or soft mask, as :func:`read_mask` reads it); the
+    ``segmenter`` (a :class:`core.segment.Segmenter`) on the photo as the
+    matting network reads it. Raises :class:`UserError` naming the photo.
+    """
+    img = read_unchanged(image_path)
+    if img.ndim == 3 and img.shape[2] == 4 and (img[:, :, 3] < 255).any():
+        return img[:, :, 3].copy(), "its alpha channel"
+    h, w = img.shape[:2]
+    if mask_path:
+        mask = read_mask(mask_path)
+        if mask.shape != (h, w):
+            raise UserError(f"{mask_path}: mask is {mask.shape[1]}×{mask.shape[0]} but its image {image_path} "
+                            f"is {w}×{h}")
+        return mask, f"mask {mask_path}"
+    if segmenter is None:
+        raise UserError(f"{image_path}: no trimap, mask or alpha channel to make one from")
+    mask = segmenter(read_image(image_path))
+    if not (mask >= 128).any():
+        raise UserError(f"{image_path}: {segmenter.name} found no subject in the photo (no pixel more likely one "
+                        f"of its classes than not; searched: {segmenter.describe_classes()}); "
+                        "give --classes, --mask or --trimap")
+    return mask, f"{segmenter.name} ({segmenter.describe_classes()})"
+
+
+def photo_trimap(image_path, mask_path=None, segmenter=None, width=None, width_frac=DEFAULT_WIDTH_FRAC):
+    """The trimap of a photo without one: :func:`photo_mask` through :func:`trimap_from_mask`.
+
+    The band reaches ``width`` pixels to each side of the edge, or
+    ``width_frac`` × the photo's diagonal. Returns ``(trimap, source)``.
+    """
+    mask, source = photo_mask(image_path, mask_path, segmenter)
+    width = width if width is not None else width_from_frac(mask.shape, width_frac)
+    return trimap_from_mask(mask, width, name=f"{image_path} (subject from {source})"), source
