@@ -92,17 +92,20 @@ class Segmenter:
             raise WeightsError(f"{path}: unreadable {self.name} weights ({str(exc).splitlines()[0][:200]}); delete "
                                f"the file to download it again from {url}") from None
 
+    def build(self):
+        """The network without its weights (random), without the auxiliary head (unused at inference)."""
+        import torchvision
+
+        kwargs = {} if self.name.startswith("lraspp") else {"aux_loss": False}
+        return torchvision.models.get_model_builder(self.name)(
+            weights=None, weights_backbone=None, num_classes=len(self.weights.meta["categories"]), **kwargs)
+
     def load(self):
         """Build the network and load its weights (once); returns it in eval mode."""
         if self.net is None:
             state = self._state_dict()
-            state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.")}  # unused at inference
-            kwargs = {} if self.name.startswith("lraspp") else {"aux_loss": False}
-            import torchvision
-
-            net = torchvision.models.get_model_builder(self.name)(weights=None, weights_backbone=None,
-                                               num_classes=len(self.weights.meta["categories"]), **kwargs)
-            net.load_state_dict(state)
+            net = self.build()
+            net.load_state_dict({k: v for k, v in state.items() if not k.startswith("aux_classifier.")})
             self.net = net.to(self.device).eval()
         return self.net
 
