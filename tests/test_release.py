@@ -27,6 +27,7 @@ from core.network import DIMNet  # noqa: E402
 from core.release import RELEASE_TAGS, fetch_release, is_release, release_url  # noqa: E402
 from core import test as test_mod  # noqa: E402
 from core.utils import UserError, run_cli  # noqa: E402
+from tools import export  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "stage1_skip_sad_52.9.pth"
@@ -164,3 +165,20 @@ def test_entry_points_download_on_demand(server, tmp_path, monkeypatch, capsys):
         in proc.stdout
     assert model.read_bytes() == bodies["good"]
     assert os.listdir(out) == ["synthetic_01.png"]
+
+
+def test_export_downloads_only_a_missing_release(server, tmp_path, monkeypatch, capsys):
+    base, _, requests = server
+    model = tmp_path / NAME
+    argv = ["--resume", str(model), "--out_dir", str(tmp_path / "export"), "--format", "torchscript"]
+    monkeypatch.setenv("DIM_RELEASES_URL", f"{base}/missing")
+    before = len(requests)
+    with pytest.raises(SystemExit) as exc:
+        run_cli(export.main, argv + ["--no_download"])
+    assert exc.value.code == 2 and len(requests) == before and capsys.readouterr().err == f"error: {model}: no such checkpoint file\n"
+    with pytest.raises(SystemExit) as exc:
+        run_cli(export.main, argv)
+    assert exc.value.code == 2 and len(requests) == before + 1
+    assert capsys.readouterr().err == (f"error: {base}/missing/V1.5/{NAME}: download failed (HTTP Error 404: Not "
+                                       f"Found); nothing was written to {model}\n")
+    assert os.listdir(tmp_path) == []
