@@ -5,8 +5,8 @@ weights: downloaded once by torch.hub into ``$TORCH_HOME/hub/checkpoints``
 (hash-checked), read from there offline, loaded with ``weights_only=True``.
 The network runs at its weights' own preprocessing size (their
 ``transforms()``: shorter side 520), so a 4000×3000 photo costs about what
-a small one does; only the chosen classes' summed probability (one channel)
-is resized to the photo.
+a small one does; only the chosen classes' summed probability (one channel,
+8-bit) is resized to the photo.
 """
 
 import os
@@ -109,14 +109,26 @@ class Segmenter:
             self.net = net.to(self.device).eval()
         return self.net
 
+    def _input(self, image):
+        """The network input of a BGR photo: its weights' transforms (shorter side 520, normalised), 1×3×h×w.
+
+        A larger photo is first shrunk with OpenCV (area averaging) to the size
+        the transforms resize to, so no full-size float copy is made.
+        """
+        transform = self.weights.transforms()
+        size = getattr(transform, "resize_size", None)
+        h, w = image.shape[:2]
+        if size and min(h, w) > size[0]:
+            short = size[0]
+            new_w, new_h = (int(short * w / h), short) if h <= w else (short, int(short * h / w))  # as torchvision
+            image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
+        rgb = torch.from_numpy(np.ascontiguousarray(image[:, :, ::-1])).permute(2, 0, 1)
+        return transform(rgb.to(self.device)).unsqueeze(0)
+
     @torch.inference_mode()
     def __call__(self, image):
         """Soft mask of the chosen classes for a BGR uint8 H×W×3 photo: uint8 H×W (255 = surely subject)."""
         net = self.load()
-        h, w = image.shape[:2]
-        rgb = torch.from_numpy(np.ascontiguousarray(image[:, :, ::-1])).permute(2, 0, 1)
-        x = self.weights.transforms()(rgb.to(self.device)).unsqueeze(0)  # shorter side 520, normalised
-        prob = net(x)["out"].softmax(1)[0, self.indices].sum(0)
-        prob = prob.float().cpu().numpy()
-        prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
-        return np.clip(np.rint(prob * 255), 0, 255).astype(np.uint8)
+        prob = net(self._input(image))["out"].softmax(1)[0, self.indices].sum(0)
+        small = np.clip(np.rint(prob.float().cpu().numpy() * 255), 0, 255).astype(np.uint8)
+        return cv2.resize(small, image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
