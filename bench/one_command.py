@@ -1,7 +1,7 @@
 """Time and peak memory of each step of the one-command demo on a 4000×3000 photo (CPU).
 
-    python bench/one_command.py                         # both segmenters, 4000×3000, 2 threads
-    python bench/one_command.py --segmenters deeplabv3_mobilenet_v3_large --height 1500 --width 2000
+    python bench/one_command.py                                              # 4000×3000, the demo's segmenter
+    python bench/one_command.py --segmenters deeplabv3_mobilenet_v3_large    # the fast one
 
 The path of ``python core/demo.py --image photo.jpg`` without a trimap: read
 the photo, segment it (torchvision network at its weights' preprocessing
@@ -12,7 +12,9 @@ them, but a random segmenter finds no real subject, so the band is made from
 the photo's known subject (the synthetic scene's ellipse, a soft mask) of the
 same size. Peak memory is the process's VmHWM, reset before each step
 (Linux); "above start" is that peak minus the resident memory when the step
-began. Each step runs once (the first call, as a user's run does).
+began; with several ``--segmenters`` the later ones reuse memory the earlier
+ones freed, so measure each in its own run for their memory. Each step runs
+once (the first call, as a user's run does).
 """
 
 import os
@@ -31,7 +33,7 @@ from bench.common import format_table, load_average, machine_summary
 from bench.tile_memory import _reset_peak, _status_mb, random_model, synthetic_scene
 from core.imageio import read_image, write_image
 from core.inference import predict_matte
-from core.segment import Segmenter
+from core.segment import DEFAULT_SEGMENTER, Segmenter
 from core.trimap import DEFAULT_WIDTH_FRAC, trimap_from_mask, width_from_frac
 from core.utils import run_cli
 
@@ -60,9 +62,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--height", type=int, default=3000, help="photo height (default 3000)")
     parser.add_argument("--width", type=int, default=4000, help="photo width (default 4000)")
-    parser.add_argument("--segmenters", default="deeplabv3_resnet101,deeplabv3_mobilenet_v3_large",
-                        help="comma-separated torchvision segmentation models (default: the demo's default and "
-                             "the fast one)")
+    parser.add_argument("--segmenters", default=DEFAULT_SEGMENTER,
+                        help="comma-separated torchvision segmentation models (default: the demo's, %(default)s)")
     parser.add_argument("--max_size", type=int, default=1600, help="DIM whole-mode cap (default 1600, the demo's)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     args = parser.parse_args(argv)

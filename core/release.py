@@ -13,6 +13,7 @@ left behind. The released weights are licensed for non-commercial use only.
 import http.client
 import os
 import sys
+import urllib.error
 
 import torch
 
@@ -45,6 +46,8 @@ def release_url(name):
 
 
 def _first_line(exc):
+    if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
+        exc = exc.reason  # "[Errno -2] Name or service not known" rather than "<urlopen error …>"
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
 
