@@ -93,6 +93,15 @@ def write_side_by_side(pairs, save_dir):
     return paths
 
 
+def _is_example(args):
+    return os.path.abspath(args.imgDir) == os.path.join(EXAMPLE_DIR, "image")
+
+
+def _trimap_dir(args):
+    """The folder of trimaps for a folder run: --trimapDir, the examples' own, or None (trimaps are made)."""
+    return args.trimapDir or (os.path.join(EXAMPLE_DIR, "trimap") if _is_example(args) and not args.maskDir else None)
+
+
 def demo_pairs(args, logger):
     """The pairs to predict and the photos refused: ``--image`` (with or without ``--trimap``), or the folders.
 
@@ -114,10 +123,9 @@ def demo_pairs(args, logger):
     if alpha_dir is not None and not os.path.isdir(alpha_dir):
         raise UserError(f"{alpha_dir}: --alphaDir is not a folder")
     example_alpha = os.path.join(EXAMPLE_DIR, "alpha")
-    example = os.path.abspath(args.imgDir) == os.path.join(EXAMPLE_DIR, "image")
-    if alpha_dir is None and example and os.path.isdir(example_alpha):
+    if alpha_dir is None and _is_example(args) and os.path.isdir(example_alpha):
         alpha_dir = example_alpha  # the examples' ground truth
-    trimap_dir = args.trimapDir or (os.path.join(EXAMPLE_DIR, "trimap") if example and not args.maskDir else None)
+    trimap_dir = _trimap_dir(args)
     if trimap_dir:
         return find_pairs(args.imgDir, trimap_dir, alpha_dir, alpha_required=False), []
     images = list_images(args.imgDir, "image")
@@ -192,7 +200,8 @@ def check_auto_args(args):
         raise UserError(f"--width must be at least 1 pixel, got {args.width}")
     if args.width is None and not 0 < args.width_frac < 1:
         raise UserError(f"--width_frac must be between 0 and 1, got {args.width_frac}")
-    if not (args.mask or args.maskDir):
+    makes_trimaps = not args.trimap if args.image else _trimap_dir(args) is None
+    if makes_trimaps and not (args.mask or args.maskDir):
         Segmenter(args.segmenter, args.classes)
 
 
