@@ -11,7 +11,6 @@ import http.server
 import io
 import os
 import shutil
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -132,7 +131,9 @@ def test_no_network_names_the_url(tmp_path, monkeypatch):
 
 
 def test_entry_points_download_on_demand(server, tmp_path, monkeypatch, capsys):
-    """core/test.py fetches a missing release and predicts with it; a 404 and --no_download each end in one line."""
+    """core/test.py fetches a missing release and predicts with it; a 404 and --no_download each end in one line.
+
+    In-process (the real command runs in test_one_command.py and test_entrypoints.py)."""
     base, bodies, requests = server
     model = tmp_path / "model" / NAME
     data, out = tmp_path / "data", tmp_path / "out"
@@ -157,12 +158,13 @@ def test_entry_points_download_on_demand(server, tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err.splitlines() == [f"error: {base}/missing/V1.5/{NAME}: download failed (HTTP "
                                                     f"Error 404: Not Found); nothing was written to {model}"]
     assert not out.exists()
-    env = dict(os.environ, DIM_RELEASES_URL=f"{base}/good")
-    proc = subprocess.run([sys.executable, "core/test.py", *argv], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    monkeypatch.setenv("DIM_RELEASES_URL", f"{base}/good")
+    with pytest.raises(SystemExit) as exc:
+        run_cli(test_mod.main, argv)
+    out_text, err = capsys.readouterr()
+    assert exc.value.code == 0, err
     assert f"downloading {base}/good/V1.5/{NAME} (the released weights are licensed for non-commercial use only)" \
-        in proc.stdout
+        in out_text
     assert model.read_bytes() == bodies["good"]
     assert os.listdir(out) == ["synthetic_01.png"]
 
