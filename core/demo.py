@@ -39,7 +39,7 @@ from core.metrics import format_table, read_alpha, read_prediction
 from core.cutout import cutout_options
 from core.test import (REPO_ROOT, RELEASED_MODEL, Pair, add_inference_args, check_inference_args, check_pairs,
                        find_pairs, inference_kwargs, load_for_inference, log_cutouts, log_speed, predict_folder)
-from core.segment import DEFAULT_SEGMENTER, Segmenter, WeightsError
+from core.segment import Segmenter, WeightsError, add_segmenter_args
 from core.trimap import DEFAULT_WIDTH_FRAC, photo_trimap
 from core.utils import UserError, plural, run_cli, select_device, setup_logging
 
@@ -182,10 +182,7 @@ def parse_args(argv=None):
                                      "--segmenter finds; the trimap is written to <saveDir>/trimap/")
     auto.add_argument("--mask", help="the subject mask of --image (binary or soft, white = subject)")
     auto.add_argument("--maskDir", help="folder of subject masks, same file names as --imgDir")
-    auto.add_argument("--segmenter", default=DEFAULT_SEGMENTER, help="a builder of torchvision.models.segmentation "
-                      "(default: %(default)s, the most accurate; deeplabv3_mobilenet_v3_large is faster)")
-    auto.add_argument("--classes", help="subject classes of the segmenter, comma-separated, e.g. person,dog "
-                                        "(default: every class but the background)")
+    add_segmenter_args(auto)
     width = auto.add_mutually_exclusive_group()
     width.add_argument("--width", type=int, default=None, help="unknown band reach in pixels to each side of the edge")
     width.add_argument("--width_frac", type=float, default=DEFAULT_WIDTH_FRAC,

@@ -40,6 +40,14 @@ def weights_path(weights):
     return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
 
 
+def add_segmenter_args(group):
+    """``--segmenter`` and ``--classes``, as ``core/demo.py`` and ``tools/app.py`` take them."""
+    group.add_argument("--segmenter", default=DEFAULT_SEGMENTER, help="a builder of torchvision.models.segmentation "
+                       "(default: %(default)s, the most accurate; deeplabv3_mobilenet_v3_large is faster)")
+    group.add_argument("--classes", help="subject classes of the segmenter, comma-separated, e.g. person,dog "
+                                         "(default: every class but the background)")
+
+
 class Segmenter:
     """``segmenter(bgr) → uint8 H×W``: 255 × the probability of the chosen classes.
 
