@@ -104,7 +104,7 @@ def test_good_download_is_written_byte_for_byte(server, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kind,words", [
-    ("short", "cut short or not the released model (truncated or corrupt checkpoint (file ends after"),
+    ("short", "cut short or not the released model (truncated or corrupt checkpoint (the storages claim"),
     ("missing", "HTTP Error 404"),
     ("garbage", "cut short or not the released model (not a PyTorch checkpoint"),
     ("foreign", "cut short or not the released model (conv6_1.weight missing"),
