@@ -1,15 +1,24 @@
 """Predict alpha mattes for the examples in ``result/example/`` (or your own images).
 
     python core/demo.py                                  # result/example/{image,trimap} → result/example/pred
+    python core/demo.py --image photo.jpg --rgba         # trimap made here, cut-out written
     python core/demo.py --image me.jpg --trimap me_trimap.png --saveDir out
-    python core/demo.py --imgDir photos --trimapDir trimaps --saveDir out --cuda
+    python core/demo.py --imgDir photos --maskDir masks --saveDir out --cuda
 
-Needs ``model/stage1_skip_sad_52.9.pth`` (the released model; see README) or a
-checkpoint given with ``--resume``. Writes each matte as ``<saveDir>/<name>.png``
-(8-bit, as ``core/test.py`` writes it) and a labelled side-by-side picture
-``<saveDir>/side_by_side/<name>.png``: image | trimap | prediction | ground
-truth (the last panel when an alpha of the same name is in ``--alphaDir``,
-``result/example/alpha`` for the examples; those are also scored).
+Uses ``model/stage1_skip_sad_52.9.pth`` (the released model, downloaded there
+on first use unless ``--no_download``; its weights are for non-commercial use
+only) or a checkpoint given with ``--resume``. A photo without a trimap gets
+one (:func:`core.trimap.photo_trimap`): the subject is its alpha channel, else
+``--mask``/``--maskDir``, else what ``--segmenter`` (a torchvision network,
+weights cached under ``$TORCH_HOME``) finds of ``--classes``; the band of
+``tools/gen_trimap.py`` (``--width``/``--width_frac``) makes the trimap,
+written to ``<saveDir>/trimap/<name>.png`` to look at and correct. Writes each
+matte as ``<saveDir>/<name>.png`` (8-bit, as ``core/test.py`` writes it) and a
+labelled side-by-side picture ``<saveDir>/side_by_side/<name>.png``: image |
+trimap | prediction | ground truth (the last panel when an alpha of the same
+name is in ``--alphaDir``, ``result/example/alpha`` for the examples; those
+are also scored). In a folder run a photo that cannot be matted is reported
+and the others are still written (exit status 2).
 """
 
 import os
@@ -22,16 +31,21 @@ import argparse
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
+from core.data import list_images
 from core.imageio import read_gray, read_image, write_image
 from core.metrics import format_table, read_alpha, read_prediction
 from core.cutout import cutout_options
 from core.test import (REPO_ROOT, RELEASED_MODEL, Pair, add_inference_args, check_inference_args, check_pairs,
                        find_pairs, inference_kwargs, load_for_inference, log_cutouts, log_speed, predict_folder)
-from core.utils import UserError, plural, run_cli, setup_logging
+from core.segment import Segmenter, WeightsError, add_segmenter_args
+from core.trimap import DEFAULT_WIDTH_FRAC, photo_trimap
+from core.utils import UserError, plural, run_cli, select_device, setup_logging
 
 EXAMPLE_DIR = os.path.join(REPO_ROOT, "result", "example")
 SIDE_DIR = "side_by_side"
+TRIMAP_DIR = "trimap"
 PANEL_MAX_HEIGHT = 480
 LABEL_HEIGHT = 28
 GAP = 4
@@ -79,21 +93,74 @@ def write_side_by_side(pairs, save_dir):
     return paths
 
 
-def demo_pairs(args):
-    """The pairs to predict: one --image/--trimap pair, or the folders."""
-    if args.image or args.trimap:
-        if not (args.image and args.trimap):
-            raise UserError("--image and --trimap go together (or use --imgDir/--trimapDir)")
+def _is_example(args):
+    return os.path.abspath(args.imgDir) == os.path.join(EXAMPLE_DIR, "image")
+
+
+def _trimap_dir(args):
+    """The folder of trimaps for a folder run: --trimapDir, the examples' own, or None (trimaps are made)."""
+    return args.trimapDir or (os.path.join(EXAMPLE_DIR, "trimap") if _is_example(args) and not args.maskDir else None)
+
+
+def demo_pairs(args, logger):
+    """The pairs to predict and the photos refused: ``--image`` (with or without ``--trimap``), or the folders.
+
+    A photo without a trimap gets one from :func:`core.trimap.photo_trimap`
+    (alpha channel, ``--mask``/``--maskDir``, else ``--segmenter``), written to
+    ``<saveDir>/trimap/<name>``. One photo: its problem is raised; a folder:
+    each refusal is returned as a line and the other photos go on.
+    """
+    if args.trimap and not args.image:
+        raise UserError("--trimap goes with --image (or use --imgDir/--trimapDir)")
+    if args.mask and not args.image:
+        raise UserError("--mask goes with --image (or use --imgDir/--maskDir)")
+    if args.image:
         name = os.path.splitext(os.path.basename(args.image))[0] + ".png"
-        return [Pair(name, args.image, args.trimap, args.alpha)]
+        if args.trimap:
+            return [Pair(name, args.image, args.trimap, args.alpha)], []
+        return auto_pairs([(name, args.image, args.mask, args.alpha)], args, logger)
     alpha_dir = args.alphaDir
     if alpha_dir is not None and not os.path.isdir(alpha_dir):
         raise UserError(f"{alpha_dir}: --alphaDir is not a folder")
     example_alpha = os.path.join(EXAMPLE_DIR, "alpha")
-    if alpha_dir is None and os.path.abspath(args.imgDir) == os.path.join(EXAMPLE_DIR, "image") \
-            and os.path.isdir(example_alpha):
+    if alpha_dir is None and _is_example(args) and os.path.isdir(example_alpha):
         alpha_dir = example_alpha  # the examples' ground truth
-    return find_pairs(args.imgDir, args.trimapDir, alpha_dir, alpha_required=False)
+    trimap_dir = _trimap_dir(args)
+    if trimap_dir:
+        return find_pairs(args.imgDir, trimap_dir, alpha_dir, alpha_required=False), []
+    images = list_images(args.imgDir, "image")
+    masks = list_images(args.maskDir, "mask") if args.maskDir else {}
+    alphas = list_images(alpha_dir, "ground-truth alpha") if alpha_dir else {}
+    items = [(stem + ".png", os.path.join(args.imgDir, images[stem]),
+              os.path.join(args.maskDir, masks[stem]) if stem in masks else None,
+              os.path.join(alpha_dir, alphas[stem]) if stem in alphas else None) for stem in sorted(images)]
+    return auto_pairs(items, args, logger)
+
+
+def auto_pairs(items, args, logger):
+    """Make and write the trimaps of ``items`` = [(name, image, mask or None, alpha or None)]: ``(pairs, refused)``."""
+    segmenter = None
+    if not (args.mask or args.maskDir):  # names were checked in main
+        segmenter = Segmenter(args.segmenter, args.classes, select_device(args.cuda), download=not args.no_download)
+    pairs, refused = [], []
+    for name, image, mask, alpha in tqdm(items, desc="trimaps", unit="img", disable=True if len(items) < 2 else None):
+        try:
+            trimap, source = photo_trimap(image, mask, segmenter, args.width, args.width_frac)
+        except WeightsError:
+            raise
+        except UserError as exc:
+            if len(items) == 1:
+                raise
+            logger.warning(f"skipped: {exc}")
+            refused.append(str(exc))
+            continue
+        path = os.path.join(args.saveDir, TRIMAP_DIR, name)
+        write_image(path, trimap)
+        logger.info(f"{path}: trimap from {source}")
+        pairs.append(Pair(name, image, path, alpha))
+    if not pairs:
+        raise UserError(f"no photo could be matted: {'; '.join(refused[:3])}" + (" …" if len(refused) > 3 else ""))
+    return pairs, refused
 
 
 def parse_args(argv=None):
@@ -101,17 +168,38 @@ def parse_args(argv=None):
                                                  "(default: the examples in result/example).")
     parser.add_argument("--imgDir", default=os.path.join(EXAMPLE_DIR, "image"), help="folder of images "
                         "(default: result/example/image)")
-    parser.add_argument("--trimapDir", default=os.path.join(EXAMPLE_DIR, "trimap"),
-                        help="folder of trimaps, same file names (default: result/example/trimap)")
+    parser.add_argument("--trimapDir", help="folder of trimaps, same file names (default: result/example/trimap "
+                                            "for the examples; otherwise trimaps are made, see --maskDir)")
     parser.add_argument("--alphaDir", help="optional ground-truth alphas, same file names: the last panel and "
                                            "scores (default: result/example/alpha for the examples)")
     parser.add_argument("--image", help="one image instead of --imgDir")
-    parser.add_argument("--trimap", help="its trimap (with --image)")
+    parser.add_argument("--trimap", help="its trimap (with --image; without one a trimap is made)")
     parser.add_argument("--alpha", help="its ground-truth alpha (optional, with --image)")
     parser.add_argument("--saveDir", default=os.path.join(EXAMPLE_DIR, "pred"),
                         help="output folder (default: result/example/pred)")
+    auto = parser.add_argument_group("automatic trimaps (a photo without a trimap)",
+                                     "the subject is the photo's alpha channel, else --mask/--maskDir, else what "
+                                     "--segmenter finds; the trimap is written to <saveDir>/trimap/")
+    auto.add_argument("--mask", help="the subject mask of --image (binary or soft, white = subject)")
+    auto.add_argument("--maskDir", help="folder of subject masks, same file names as --imgDir")
+    add_segmenter_args(auto)
+    width = auto.add_mutually_exclusive_group()
+    width.add_argument("--width", type=int, default=None, help="unknown band reach in pixels to each side of the edge")
+    width.add_argument("--width_frac", type=float, default=DEFAULT_WIDTH_FRAC,
+                       help=f"the reach as a fraction of the photo's diagonal (default {DEFAULT_WIDTH_FRAC})")
     add_inference_args(parser, resume_default=os.path.join(REPO_ROOT, "model", RELEASED_MODEL))
     return parser.parse_args(argv)
+
+
+def check_auto_args(args):
+    """Band and segmenter flags are checked before anything is downloaded or predicted."""
+    if args.width is not None and args.width < 1:
+        raise UserError(f"--width must be at least 1 pixel, got {args.width}")
+    if args.width is None and not 0 < args.width_frac < 1:
+        raise UserError(f"--width_frac must be between 0 and 1, got {args.width_frac}")
+    makes_trimaps = not args.trimap if args.image else _trimap_dir(args) is None
+    if makes_trimaps and not (args.mask or args.maskDir):
+        Segmenter(args.segmenter, args.classes)
 
 
 def main(argv=None):
@@ -119,8 +207,9 @@ def main(argv=None):
     logger = setup_logging()
     check_inference_args(args)
     cutout = cutout_options(args)
+    check_auto_args(args)
     model, _ = load_for_inference(args, logger)  # first: a missing model is the likeliest problem
-    pairs = demo_pairs(args)
+    pairs, refused = demo_pairs(args, logger)
     check_pairs(pairs, args.crop_or_resize, args.max_size, progress=False)
     result = predict_folder(model, pairs, args.saveDir, score=True, cutout=cutout, **inference_kwargs(args))
     log_speed(logger, result.seconds)
@@ -130,6 +219,9 @@ def main(argv=None):
     log_cutouts(logger, result.cutouts, cutout)
     if result.rows:  # the pairs with ground truth
         print(format_table(result.rows, result.means))
+    if refused:
+        raise UserError(f"{len(refused)} of {len(pairs) + len(refused)} photos refused ({len(pairs)} mattes written): "
+                        + "; ".join(refused[:3]) + (" …" if len(refused) > 3 else ""))
     return 0
 
 

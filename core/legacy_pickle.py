@@ -132,8 +132,8 @@ class _Unpickler(pickle._Unpickler):  # pure-Python unpickler: every global goes
             nbytes = numel * storage_type.dtype.itemsize
             self.claimed[0] += nbytes
             if self.claimed[0] > self.file_left():
-                raise pickle.UnpicklingError(f"storage {key!r:.40} claims {nbytes} bytes but the file has only "
-                                             f"{self.file_left()} bytes left")
+                raise pickle.UnpicklingError(f"the storages claim {self.claimed[0]} bytes (storage {key!r:.40}: "
+                                             f"{nbytes}) but the file has only {self.file_left()} bytes left")
             base = self.storages[key] = torch.empty(numel, dtype=storage_type.dtype)
         if view is not None:
             _view_key, offset, size = view

@@ -37,6 +37,7 @@ from core.data import list_images
 from core.imageio import read_gray, read_image, write_image
 from core.cutout import add_cutout_args, cutout_options, write_cutouts
 from core.inference import MODES, check_trimap, predict_matte, setup_backend, whole_size
+from core.release import fetch_release, is_release
 from core.tiling import check_tile_args
 from core.metrics import (compute_metrics, format_table, mean_metrics, read_alpha, read_trimap, write_metrics_csv,
                           write_metrics_json)
@@ -238,7 +239,9 @@ def write_scores(save_dir, rows, means):
 def add_inference_args(parser, resume_default=None):
     """The reference's model and sizing flags, plus --skip/--no_skip and --amp."""
     parser.add_argument("--resume", default=resume_default, required=resume_default is None,
-                        help="checkpoint to test" + (" (default: %(default)s)" if resume_default else ""))
+                        help="checkpoint to test" + (" (default: %(default)s)" if resume_default else "")
+                        + "; a missing released model (SPEC §3) is downloaded to that path")
+    parser.add_argument("--no_download", action="store_true", help="never download a missing released model")
     parser.add_argument("--stage", type=int, choices=(0, 1, 2, 3), default=None,
                         help="0/1: encoder-decoder alpha, 2/3: refined alpha (default: from the checkpoint)")
     parser.add_argument("--skip", dest="skip", action="store_true", default=None,
@@ -288,10 +291,18 @@ def missing_checkpoint_hint(path):
             f"into model/, or train one here with `bash train.sh` (or the CPU smoke run in the README)")
 
 
+def require_checkpoint(args, logger):
+    """Download ``--resume`` when it is a missing release (unless --no_download); else it must exist."""
+    if os.path.isfile(args.resume):
+        return
+    if args.no_download or not is_release(args.resume):
+        raise UserError(missing_checkpoint_hint(args.resume))
+    fetch_release(args.resume, logger.info)
+
+
 def load_for_inference(args, logger):
     """Device and model from the flags: ``(model in eval mode, info)``."""
-    if not os.path.isfile(args.resume):
-        raise UserError(missing_checkpoint_hint(args.resume))
+    require_checkpoint(args, logger)
     device = select_device(args.cuda)
     if args.amp and device.type != "cuda":
         logger.info("--amp has no effect on the CPU")
@@ -352,8 +363,7 @@ def main(argv=None):
     cutout = cutout_options(args)  # a bad --background fails before anything is predicted
     if os.path.exists(args.saveDir) and not os.path.isdir(args.saveDir):
         raise UserError(f"{args.saveDir}: --saveDir exists and is not a folder")
-    if not os.path.isfile(args.resume):
-        raise UserError(missing_checkpoint_hint(args.resume))
+    require_checkpoint(args, logger)
     pairs = find_pairs(args.imgDir, args.trimapDir, args.alphaDir or None)
     check_pairs(pairs, args.crop_or_resize, args.max_size)
     model, _ = load_for_inference(args, logger)

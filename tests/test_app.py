@@ -30,7 +30,7 @@ from core.checkpoint import save_checkpoint  # noqa: E402
 from core.network import DIMNet  # noqa: E402
 from core.utils import UserError, run_cli  # noqa: E402
 from tools import app  # noqa: E402
-from tools.gen_trimap import trimap_from_mask  # noqa: E402
+from core.trimap import trimap_from_mask  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "result" / "example"
@@ -68,17 +68,25 @@ def test_automatic_trimap_sources():
         app.automatic_trimap(rgb, band[:, :40], app.UPLOAD)
     with pytest.raises(UserError, match="the mask is empty"):
         app.automatic_trimap(rgb, np.zeros((60, 80), np.uint8), app.UPLOAD)
-    assert (app.SEGMENTER in app.trimap_sources()) == app.segmenter_available()
+    with pytest.raises(UserError, match=r"^no segmenter on this server: upload a mask or trimap$"):
+        app.automatic_trimap(rgb, None, app.AUTO)  # no alpha, no upload: the segmenter, and there is none
 
 
-def test_automatic_trimap_from_the_segmenter(monkeypatch):
-    """With ``core.segment`` present, auto falls back to it for a photo without alpha or upload."""
+def test_automatic_trimap_from_the_segmenter():
+    """Auto falls back to the segmenter for a photo without alpha or upload."""
     mask, seen = disc_mask(), []
-    monkeypatch.setattr(app, "segmenter_available", lambda: True)
-    monkeypatch.setattr(app, "segment_mask", lambda bgr: seen.append(bgr.shape) or mask)
-    trimap, note = app.automatic_trimap(np.full((60, 80), 90, np.uint8), None, app.AUTO, width=3)
+
+    class FakeSegmenter:
+        name = "fake"
+
+        def __call__(self, bgr):
+            seen.append(bgr.shape)
+            return mask
+
+    trimap, note = app.automatic_trimap(np.full((60, 80), 90, np.uint8), None, app.AUTO, width=3,
+                                        segmenter=FakeSegmenter())
     np.testing.assert_array_equal(trimap, trimap_from_mask(mask, 3))
-    assert note == "the segmenter, band 3 px" and seen == [(60, 80, 3)]  # a grey photo is given as BGR
+    assert note == "the segmenter (fake), band 3 px" and seen == [(60, 80, 3)]  # a grey photo is given as BGR
     assert app.SEGMENTER in app.trimap_sources()
 
 

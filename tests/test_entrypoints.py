@@ -346,7 +346,7 @@ def test_outputs_never_overwrite_inputs(tmp_path, ckpt, capsys):
 
 def test_demo_missing_default_checkpoint_gives_the_download_hint(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(demo_mod, "REPO_ROOT", str(tmp_path))  # the default checkpoint is REPO_ROOT/model/...
-    status, _, err = run_main(demo_mod.main, ["--saveDir", str(tmp_path / "pred")], capsys)
+    status, _, err = run_main(demo_mod.main, ["--saveDir", str(tmp_path / "pred"), "--no_download"], capsys)
     assert status == 2 and err.count("\n") == 1
     assert "stage1_skip_sad_52.9.pth" in err and RELEASE_URL in err and "model/" in err and "train.sh" in err
     assert not (tmp_path / "pred").exists()
@@ -365,7 +365,7 @@ def subprocess_runs(tmp_path_factory, ckpt):
         "error": [sys.executable, "core/test.py", *folder_args(root, ckpt, root / "pred")],
     }
     if not (REPO / "model" / test_mod.RELEASED_MODEL).exists():
-        commands["demo_no_model"] = [sys.executable, "core/demo.py", "--saveDir", str(root / "demo")]
+        commands["demo_no_model"] = [sys.executable, "core/demo.py", "--saveDir", str(root / "demo"), "--no_download"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     envs = {k: env for k in commands}
     data_root = tmp_path_factory.mktemp("deploy")

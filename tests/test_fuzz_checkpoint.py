@@ -68,11 +68,11 @@ def test_storage_larger_than_the_file_is_refused_before_allocating(tmp_path, num
         start = time.perf_counter()
         with pytest.raises(UserError) as err:
             read_checkpoint(path)
-        assert time.perf_counter() - start < 2
+        assert time.perf_counter() - start < 30  # generous: the machine may be busy; a read of 4 GB is not
     finally:
         resource.setrlimit(resource.RLIMIT_AS, limits)
-    assert str(err.value).startswith(f"{path}: truncated or corrupt checkpoint (storage ")
-    assert f"claims {numel * 4} bytes but the file has only" in str(err.value)
+    assert str(err.value).startswith(f"{path}: truncated or corrupt checkpoint (the storages claim ")
+    assert f": {numel * 4}) but the file has only" in str(err.value)
     assert int(str(err.value).split("has only ")[1].split()[0]) < size
 
 

@@ -121,5 +121,5 @@ def test_reference_best_sad_is_disregarded_on_resume(dataset, tmp_path):
     log = (save / "train.log").read_text()
     assert (f"{ref}: best_sad 52990.5 is in the reference's format (whole-image float SAD, not the official /1000 "
             "scale): disregarded, the next test sets the best") in log
-    assert "epoch 3, iteration 0, not tested yet" in log and "nothing to do" in log
+    assert "continuing at epoch 3, iteration 1, not tested yet" in log and "nothing to do" in log
     assert sorted(p.name for p in save.iterdir()) == ["config.json", "train.log"]

@@ -10,7 +10,7 @@ default mode: auto, whole or tile) and loads the model once. Listens on
 public link.
 
 The page: a photo; its trimap from the photo's alpha channel, an uploaded
-mask or trimap (or a segmenter, when ``core.segment`` exists), see
+mask or trimap, or a torchvision segmenter (``--segmenter``, ``--classes``), see
 :func:`automatic_trimap`; a brush editor over the photo (white: foreground
 255, black: background 0, grey: unknown 128); Predict shows image | trimap |
 matte | cut-out (over a checkerboard or a colour) and offers the matte PNG,
@@ -35,7 +35,6 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 import argparse
 import atexit
-import importlib.util
 import shutil
 import signal
 import tempfile
@@ -49,10 +48,11 @@ from core.cutout import (checkerboard, composite_on, estimate_foreground, make_r
                          pymatting_available)
 from core.imageio import read_gray, read_image, read_unchanged, write_image
 from core.inference import predict_matte, whole_size
+from core.segment import Segmenter, add_segmenter_args
 from core.test import (REPO_ROOT, RELEASED_MODEL, add_inference_args, check_inference_args, inference_kwargs,
                        load_for_inference)
 from core.utils import UserError, run_cli, setup_logging
-from tools.gen_trimap import DEFAULT_WIDTH_FRAC, trimap_from_mask, width_from_frac
+from core.trimap import DEFAULT_WIDTH_FRAC, trimap_from_mask, width_from_frac
 
 INSTALL_HINT = "gradio is not installed: pip install -r requirements-optional.txt (or pip install gradio)"
 MODES = ("auto", "whole", "tile")
@@ -64,20 +64,9 @@ RESULT_MAX_AGE = 3600  # seconds a result folder is kept for its downloads
 # --------------------------------------------------------------------------- #
 # Trimaps
 # --------------------------------------------------------------------------- #
-def segmenter_available():
-    """The segmenter source appears once a ``core.segment`` module exists (issue 10)."""
-    return importlib.util.find_spec("core.segment") is not None
-
-
 def trimap_sources():
     """The page's choices of where the trimap comes from."""
-    return [AUTO, ALPHA, UPLOAD] + ([SEGMENTER] if segmenter_available() else [])
-
-
-def segment_mask(image_bgr):
-    """uint8 H×W subject mask from the segmenter. Connect point for ``core.segment`` (issue 10)."""
-    from core import segment
-    return segment.segment_mask(image_bgr)
+    return [AUTO, ALPHA, UPLOAD, SEGMENTER]
 
 
 def is_trimap(img):
@@ -85,22 +74,20 @@ def is_trimap(img):
     return bool(np.any(img == 128)) and not np.any((img != 0) & (img != 128) & (img != 255))
 
 
-def automatic_trimap(photo, upload, source=AUTO, width=0, name="photo"):
+def automatic_trimap(photo, upload, source=AUTO, width=0, name="photo", segmenter=None):
     """The trimap (uint8 H×W, 0/128/255) and a note saying where it came from.
 
     ``photo``: the file as stored (:func:`core.imageio.read_unchanged`); ``upload``:
     an uploaded mask or trimap (uint8 H×W) or None. ``source``: one of
     :func:`trimap_sources`; ``auto`` takes the upload, else the photo's alpha
-    channel, else the segmenter. A mask (or alpha, or segmentation) becomes a
+    channel, else ``segmenter`` (a :class:`core.segment.Segmenter`). A mask (or alpha, or segmentation) becomes a
     trimap with ``tools/gen_trimap.py``'s band of ``width`` px to each side of
     the edge (0: 1 % of the diagonal); an upload that already is a trimap is
     used as it is. Raises :class:`UserError` when the chosen source has nothing.
     """
     has_alpha = photo.ndim == 3 and photo.shape[2] == 4
     if source == AUTO:
-        source = UPLOAD if upload is not None else ALPHA if has_alpha else SEGMENTER if segmenter_available() else None
-    if source is None:
-        raise UserError(f"{name} has no alpha channel: upload a mask or trimap")
+        source = UPLOAD if upload is not None else ALPHA if has_alpha else SEGMENTER
     h, w = photo.shape[:2]
     if source == ALPHA:
         if not has_alpha:
@@ -116,7 +103,9 @@ def automatic_trimap(photo, upload, source=AUTO, width=0, name="photo"):
         mask, note = upload, "the uploaded mask"
     elif source == SEGMENTER:
         bgr = cv2.cvtColor(photo, cv2.COLOR_GRAY2BGR) if photo.ndim == 2 else photo[:, :, :3]
-        mask, note = segment_mask(bgr), "the segmenter"
+        if segmenter is None:
+            raise UserError("no segmenter on this server: upload a mask or trimap")
+        mask, note = segmenter(bgr), f"the segmenter ({segmenter.name})"
     else:
         raise UserError(f"unknown trimap source {source!r}")
     width = int(width) or width_from_frac((h, w), DEFAULT_WIDTH_FRAC)
@@ -188,6 +177,8 @@ class Matting:
         self.logger = logger
         self.out_root = out_root
         self.model, _ = load_for_inference(args, logger)
+        # Names are checked now; its weights load (or download) on the first photo that needs them.
+        self.segmenter = Segmenter(args.segmenter, args.classes, next(self.model.parameters()).device, download=not args.no_download)
         self.max_pixels = int(args.max_megapixels * 1e6)
 
     def matte(self, image, trimap, mode):
@@ -269,7 +260,8 @@ def build_page(gr, matting):
             return None, None, message(exc)
         try:
             up = read_upload(read_gray, upload, "mask or trimap") if upload else None
-            trimap, note = automatic_trimap(stored, up, source, width, name=f"photo {os.path.basename(photo)}")
+            trimap, note = automatic_trimap(stored, up, source, width, name=f"photo {os.path.basename(photo)}",
+                                            segmenter=matting.segmenter)
         except UserError as exc:  # show the photo to paint on anyway
             return ({"background": cv2.cvtColor(image, cv2.COLOR_BGR2RGB), "layers": [], "composite": None},
                     None, message(exc))
@@ -377,6 +369,7 @@ def parse_args(argv=None):
     parser.add_argument("--share", action="store_true", help="also ask Gradio for a public share link")
     parser.add_argument("--max_megapixels", type=float, default=40.0,
                         help="largest photo the page takes, in megapixels (default: 40)")
+    add_segmenter_args(parser.add_argument_group("automatic trimaps (a photo without alpha channel or upload)"))
     add_inference_args(parser, resume_default=os.path.join(REPO_ROOT, "model", RELEASED_MODEL))
     for action in parser._actions:  # the page's modes: whole, tile, or auto (whole when the photo fits)
         if action.dest == "crop_or_resize":

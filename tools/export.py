@@ -69,6 +69,7 @@ import torch.nn.functional as F
 from core.checkpoint import load_model
 from core.imageio import atomic_path, read_gray, read_image
 from core.inference import finish_matte, predict_matte, use_refined, whole_input
+from core.release import download_if_missing
 from core.utils import UserError, run_cli
 from core.composite import composite_reference
 from tools.make_synthetic import make_background, make_foreground, trimap_from_alpha
@@ -308,7 +309,8 @@ def sample_input(batch=2, height=64, width=96, seed=0):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Export a Deep Image Matting checkpoint to ONNX / TorchScript.")
-    parser.add_argument("--resume", required=True, help="checkpoint to export")
+    parser.add_argument("--resume", required=True, help="checkpoint to export (a missing released model is downloaded)")
+    parser.add_argument("--no_download", action="store_true", help="never download a missing released model")
     parser.add_argument("--stage", type=int, choices=(0, 1, 2, 3), default=None,
                         help="0/1: export the encoder-decoder alpha, 2/3: the refined alpha "
                              "(default: refined when the checkpoint has a refinement head)")
@@ -335,6 +337,8 @@ def main(argv=None):
     if args.opset < 17:
         raise UserError(f"--opset must be at least 17, got {args.opset}")
     check = None if args.no_verify else check_input(args)  # a bad --check_image fails before the export
+    if not args.no_download:
+        download_if_missing(args.resume)
     model, info = load_model(args.resume, stage=args.stage, skip=args.skip)
     refined = use_refined(model, args.stage)
     stage = args.stage if args.stage is not None else info.get("stage")

@@ -33,6 +33,8 @@ iterations, drawn per file from a generator seeded by ``--seed`` and the file
 name; 255 where the eroded alpha is 255, 0 where the dilated alpha is 0. Fix
 the draws with ``--kernel_size`` and ``--iterations``. Training applies it to
 320×320 crops, so on a full-size photo its band is much narrower relatively.
+
+The band rule lives in :mod:`core.trimap` (the demo's automatic trimaps use it too).
 """
 
 import os
@@ -42,72 +44,13 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse
-import math
 
-import cv2
-import numpy as np
 from tqdm import tqdm
 
 from core.data import list_images, random_trimap, sample_rng, trimap_from_alpha
-from core.imageio import read_unchanged, write_image
+from core.imageio import write_image
+from core.trimap import DEFAULT_TOL, DEFAULT_WIDTH_FRAC, read_mask, thresholds, trimap_from_mask, width_from_frac
 from core.utils import UserError, run_cli
-
-DEFAULT_WIDTH_FRAC = 0.01
-DEFAULT_TOL = 0.02
-
-
-def read_mask(path):
-    """uint8 H×W: the alpha channel of a 4-channel file, else channel 0 (UserError for unreadable files)."""
-    img = read_unchanged(path)
-    if img.ndim == 2:
-        return img
-    return img[:, :, 3].copy() if img.shape[2] == 4 else img[:, :, 0].copy()
-
-
-def width_from_frac(shape, frac):
-    """Band half-width in pixels: round(frac × image diagonal), at least 1."""
-    return max(1, round(frac * math.hypot(*shape[:2])))
-
-
-def thresholds(tol=DEFAULT_TOL, binary=False):
-    """(fg_min, bg_max): foreground = value ≥ fg_min, background = value ≤ bg_max."""
-    if binary:
-        return 128, 127
-    if not 0 <= tol < 0.5:
-        raise UserError(f"--tol must be in [0, 0.5), got {tol}")
-    return math.ceil(255 * (1 - tol)), math.floor(255 * tol)
-
-
-def disc(radius):
-    """Elliptic (disc) structuring element of diameter 2·radius + 1."""
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-
-
-def trimap_from_mask(mask, width_px, tol=DEFAULT_TOL, binary=False, name="mask"):
-    """Trimap uint8 H×W with values 0/128/255 from a mask or alpha, uint8 H×W.
-
-    See the module docstring for the rule. ``width_px`` ≥ 1 is the band's
-    reach to each side of the edge. Raises UserError (naming ``name``) for an
-    empty or all-foreground mask.
-    """
-    if mask.ndim != 2 or mask.dtype != np.uint8:
-        raise ValueError(f"mask must be uint8 H×W, got {mask.dtype} {mask.shape}")
-    if width_px < 1:
-        raise UserError(f"band width must be at least 1 pixel, got {width_px}")
-    fg_min, bg_max = thresholds(tol, binary)
-    fg = (mask >= fg_min).astype(np.uint8)
-    bg = (mask <= bg_max).astype(np.uint8)
-    if bg.all():
-        raise UserError(f"{name}: the mask is empty (no pixel above {bg_max}): there is no subject to matte")
-    if fg.all():
-        raise UserError(f"{name}: the mask is all foreground (every pixel ≥ {fg_min}): there is no edge to matte")
-    kernel = disc(int(width_px))
-    # Erosion treats outside the image as inside the set (OpenCV's default
-    # border), so a subject cut by the frame stays foreground up to it.
-    trimap = np.full(mask.shape, 128, np.uint8)
-    trimap[cv2.erode(fg, kernel) > 0] = 255
-    trimap[cv2.erode(bg, kernel) > 0] = 0
-    return trimap
 
 
 def train_trimap(alpha, seed, name, kernel_size=None, iterations=None):

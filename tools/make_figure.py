@@ -26,7 +26,7 @@ from core.cutout import checkerboard, composite_on, estimate_foreground
 from core.imageio import write_image
 from core.utils import run_cli
 from core.composite import composite_reference
-from tools.gen_trimap import trimap_from_mask
+from core.trimap import trimap_from_mask
 from tools.make_synthetic import make_background, make_foreground
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

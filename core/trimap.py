@@ -1,0 +1,114 @@
+"""Trimaps (0/128/255) from masks: the fixed-width unknown band.
+
+The rule (``tools/gen_trimap.py --mode band``, the demo's automatic trimaps),
+with t = ``tol``: definitely foreground where the mask is ≥ 255·(1 − t),
+definitely background where it is ≤ 255·t (``binary``: > 127 / ≤ 127);
+trimap = 255 where the foreground, eroded by a disc of radius w, remains, 0
+where the background, eroded by the same disc, remains, 128 elsewhere. So the
+unknown band reaches w pixels to each side of the edge and also covers every
+soft value between the thresholds.
+"""
+
+import math
+
+import cv2
+import numpy as np
+
+from core.imageio import read_image, read_unchanged
+from core.utils import UserError
+
+DEFAULT_WIDTH_FRAC = 0.01
+DEFAULT_TOL = 0.02
+
+
+def read_mask(path):
+    """uint8 H×W: the alpha channel of a 4-channel file, else channel 0 (UserError for unreadable files)."""
+    img = read_unchanged(path)
+    if img.ndim == 2:
+        return img
+    return img[:, :, 3].copy() if img.shape[2] == 4 else img[:, :, 0].copy()
+
+
+def width_from_frac(shape, frac):
+    """Band half-width in pixels: round(frac × image diagonal), at least 1."""
+    return max(1, round(frac * math.hypot(*shape[:2])))
+
+
+def thresholds(tol=DEFAULT_TOL, binary=False):
+    """(fg_min, bg_max): foreground = value ≥ fg_min, background = value ≤ bg_max."""
+    if binary:
+        return 128, 127
+    if not 0 <= tol < 0.5:
+        raise UserError(f"--tol must be in [0, 0.5), got {tol}")
+    return math.ceil(255 * (1 - tol)), math.floor(255 * tol)
+
+
+def disc(radius):
+    """Elliptic (disc) structuring element of diameter 2·radius + 1."""
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def trimap_from_mask(mask, width_px, tol=DEFAULT_TOL, binary=False, name="mask"):
+    """Trimap uint8 H×W with values 0/128/255 from a mask or alpha, uint8 H×W.
+
+    See the module docstring for the rule. ``width_px`` ≥ 1 is the band's
+    reach to each side of the edge. Raises UserError (naming ``name``) for an
+    empty or all-foreground mask.
+    """
+    if mask.ndim != 2 or mask.dtype != np.uint8:
+        raise ValueError(f"mask must be uint8 H×W, got {mask.dtype} {mask.shape}")
+    if width_px < 1:
+        raise UserError(f"band width must be at least 1 pixel, got {width_px}")
+    fg_min, bg_max = thresholds(tol, binary)
+    fg = (mask >= fg_min).astype(np.uint8)
+    bg = (mask <= bg_max).astype(np.uint8)
+    if bg.all():
+        raise UserError(f"{name}: the mask is empty (no pixel above {bg_max}): there is no subject to matte")
+    if fg.all():
+        raise UserError(f"{name}: the mask is all foreground (every pixel ≥ {fg_min}): there is no edge to matte")
+    kernel = disc(int(width_px))
+    # Erosion treats outside the image as inside the set (OpenCV's default
+    # border), so a subject cut by the frame stays foreground up to it.
+    trimap = np.full(mask.shape, 128, np.uint8)
+    trimap[cv2.erode(fg, kernel) > 0] = 255
+    trimap[cv2.erode(bg, kernel) > 0] = 0
+    return trimap
+
+
+def photo_mask(image_path, mask_path=None, segmenter=None):
+    """The subject mask of a photo, uint8 H×W, and where it came from, from the first of:
+
+    the photo's own alpha channel (when it has one that is not fully opaque);
+    ``mask_path`` (a binary or soft mask, as :func:`read_mask` reads it); the
+    ``segmenter`` (a :class:`core.segment.Segmenter`) on the photo as the
+    matting network reads it. Raises :class:`UserError` naming the photo.
+    """
+    img = read_unchanged(image_path)
+    if img.ndim == 3 and img.shape[2] == 4 and (img[:, :, 3] < 255).any():
+        return img[:, :, 3].copy(), "its alpha channel"
+    h, w = img.shape[:2]
+    if mask_path:
+        mask = read_mask(mask_path)
+        if mask.shape != (h, w):
+            raise UserError(f"{mask_path}: mask is {mask.shape[1]}×{mask.shape[0]} but its image {image_path} "
+                            f"is {w}×{h}")
+        return mask, f"mask {mask_path}"
+    if segmenter is None:
+        raise UserError(f"{image_path}: no trimap, mask or alpha channel to make one from")
+    mask = segmenter(read_image(image_path))
+    if not (mask >= 128).any():
+        raise UserError(f"{image_path}: {segmenter.name} found no subject in the photo (no pixel more likely one "
+                        f"of its classes than not; searched: {segmenter.describe_classes()}); "
+                        "give --classes, --mask or --trimap")
+    return mask, f"{segmenter.name} ({segmenter.describe_classes()})"
+
+
+def photo_trimap(image_path, mask_path=None, segmenter=None, width=None, width_frac=DEFAULT_WIDTH_FRAC):
+    """The trimap of a photo without one: :func:`photo_mask` through :func:`trimap_from_mask`.
+
+    The band reaches ``width`` pixels to each side of the edge, or
+    ``width_frac`` × the photo's diagonal. Returns ``(trimap, source)``.
+    """
+    mask, source = photo_mask(image_path, mask_path, segmenter)
+    width = width if width is not None else width_from_frac(mask.shape, width_frac)
+    return trimap_from_mask(mask, width, name=f"{image_path} (subject from {source})"), source
