@@ -206,3 +206,16 @@ def test_gpu_check_quick_on_the_cpu():
     for row in ("infer fp32", "infer bf16", "infer reference", "train fp32", "train amp", "ddp gloo"):
         assert row in out, out
     assert "FAILED" not in out
+
+
+def test_fused_conv_relu_equals_conv_then_relu():
+    g = torch.Generator().manual_seed(1)
+    cl = torch.channels_last
+    x = torch.randn(1, 8, 40, 48, generator=g).contiguous(memory_format=cl)
+    w = torch.randn(16, 8, 3, 3, generator=g).contiguous(memory_format=cl)
+    b = torch.randn(16, generator=g)
+    with torch.inference_mode():
+        for dtype in (torch.float32, torch.bfloat16):
+            got = core.precision._conv(x.to(dtype), w.to(dtype), b.to(dtype))
+            want = torch.nn.functional.conv2d(x.to(dtype), w.to(dtype), b.to(dtype), padding=1).relu_()
+            assert got.dtype == dtype and torch.equal(got, want)
