@@ -32,7 +32,8 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from core.network import DECODER, ENCODER_BLOCKS, ENCODER_NAMES, REFINE, pool_with_offsets, unpool_offsets
+from core.network import (DECODER, ENCODER_BLOCKS, ENCODER_NAMES, REFINE, add_shifted_taps, pool_with_offsets,
+                          unpool_offsets)
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -146,13 +147,7 @@ def _predict_conv(x, weight, bias):
     xm = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # channels-last: a view
     z = torch.mm(xm, taps).float().view(n, h, w, k, k)
     out = torch.empty((n, h, w), dtype=torch.float32, device=x.device).fill_(float(bias[0]))
-    for i in range(k):
-        dy = i - pad
-        y0, y1 = max(0, -dy), min(h, h - dy)
-        for j in range(k):
-            dx = j - pad
-            x0, x1 = max(0, -dx), min(w, w - dx)
-            out[:, y0:y1, x0:x1] += z[:, y0 + dy:y1 + dy, x0 + dx:x1 + dx, i, j]
+    add_shifted_taps(out, lambda i, j: z[..., i, j], k, k, pad, pad)
     return out.unsqueeze(1)
 
 
