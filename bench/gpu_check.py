@@ -41,7 +41,6 @@ if __package__ in (None, ""):  # run as a script (also by torchrun): make the re
 import argparse
 import contextlib
 import json
-import math
 import subprocess
 import tempfile
 import time
@@ -169,7 +168,6 @@ def check_inference(args, device, rows):
     rows.append(["infer reference", f"{setting}, forward_reference", f"{seconds:.3f} s/img", "", peak_mib(device),
                  f"vs CPU fp32: {mean:.3f} / {mx}", "ok" if mean <= 1 else "FAILED"])
     report(rows)
-    del model, x
 
 
 # --------------------------------------------------------------------------- #
