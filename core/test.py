@@ -269,8 +269,8 @@ def add_precision_arg(parser):
     """``--precision``: the exact float32 path (default) or the reduced-precision forward of core.precision."""
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="fp32 (default): the exact path; bf16 (CPU with AVX-512 BF16/AMX, or CUDA) and fp16 "
-                             "(CUDA): encoder in float32, the rest in the reduced type; faster, mattes within "
-                             "about a grey level of fp32 (see README, Performance)")
+                             "(CUDA): encoder in float32, the rest in the reduced type; somewhat faster, less "
+                             "memory, mattes about 0.2 grey levels from fp32 (see README, Performance)")
 
 
 def check_precision_arg(precision, device):
