@@ -11,9 +11,10 @@ convolution then converts its weights and its NCHW input again.
   many windows pick a different maximum, and the matte moved by ~4 grey levels
   on average (measured on the five real examples with the benchmark's random
   weights; float32 encoder: ~0.2). It runs channels-last, which oneDNN computes
-  about 1.3–1.8× faster than the NCHW row strips of the exact path, without
-  strips (no layout copies to bound), so its rounding differs from the exact
-  path's in the last bits.
+  faster than the exact path's NCHW row strips and without layout copies (so
+  without strips), with ReLU fused; its rounding differs from the exact path's
+  in the last bits. It is most of this path's time (3.4 of 6.3 s at
+  1600×1280 on 2 cores), which caps the gain over fp32 at ~1.1–1.3× there.
 * **Everything after the last pooling runs in the reduced dtype**: conv6,
   the decoder and the refinement head, about half of the FLOPs, channels-last
   (oneDNN's AVX-512 BF16 / AMX kernels, cuDNN's tensor cores). Their weights are
