@@ -62,6 +62,23 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
+def cpu_features():
+    """Which of the vector extensions that decide inference speed the CPU has, as one line."""
+    from core.precision import cpu_flags
+
+    flags = cpu_flags()
+    names = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX-512 BF16"), ("amx_bf16", "AMX-BF16"))
+    return ", ".join(f"{label} {'yes' if flag in flags else 'no'}" for flag, label in names)
+
+
+def median_range(values):
+    """(median, min, max) of a list of numbers."""
+    values = sorted(values)
+    n = len(values)
+    mid = values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
+    return mid, values[0], values[-1]
+
+
 def machine_summary(threads):
     """One line naming the machine and the software the numbers were measured with."""
     import torch

@@ -1,31 +1,34 @@
-"""Whole-image inference: the project's path against a plain transcription of the reference.
+"""Inference speed, memory and agreement: the project's paths against a plain transcription of the reference.
 
-    python bench/inference.py                    # 1920×1280 image (network input 1600×1280), 2 runs each
-    python bench/inference.py --quick            # 480×320, one run each: a fast sanity check
-    python bench/inference.py --variant refine --threads 2 --repeat 3
+    python bench/inference.py              # the whole table: whole image, tile mode, 320×320, real examples
+    python bench/inference.py --quick      # 480×320 image, one run each, no real examples: a fast sanity check
+    python bench/inference.py --cases whole --paths reference,fp32 --threads 1 --repeat 5
 
-Both paths predict the same synthetic image (fixed seed; or ``--image`` and
+Every path predicts the same synthetic image (fixed seed; or ``--image`` and
 ``--trimap``) with the same random weights (fixed seed, He-scaled so the
-matte is not saturated) in ``whole`` mode:
+matte is not saturated):
 
 * ``reference``: ``tests/reference_impl.py`` — the reference's network
   (every intermediate kept until forward returns, out-of-place ReLU and
   additions, max-pool indices) and its deploy pre/post-processing.
-* ``ours``: ``core.inference.predict_matte`` (``DIMNet.forward_lean``).
-* ``ours-exact`` (ask for it with ``--paths``): the same with
-  ``core.network.FAST_KERNELS`` off, every convolution on the reference's
-  oneDNN kernel: the matte equals the reference's bit for bit.
+* ``fp32``: ``core.inference.predict_matte`` (``DIMNet.forward_lean``), the default.
+* ``fp32-exact``: the same with ``core.network.FAST_KERNELS`` off, every
+  convolution on the reference's oneDNN kernel: the matte equals the reference's bit for bit.
+* ``bf16``: ``predict_matte(..., precision="bf16")`` (``core.precision``).
 
-Each run is its own child process, so its peak RSS (``ru_maxrss``) is its own;
-runs of the two paths alternate and the best wall time is reported (other
-processes on the machine only ever slow a run down). "conv GFLOP/s" divides
-the network's convolution FLOPs, counted analytically as direct convolutions
-(2·Cin·Cout·k²·H·W per layer), by the whole prediction's wall time (resizing,
-input building and the forced uint8 matte included); it is compared with a
-4096×4096 float32 matrix product timed in the same run (before and after
-the children; the better of the two). NNPACK's FFT and
-Winograd kernels do fewer arithmetic operations than that count, so "ours"
-reports an effective rate.
+Cases: ``whole`` (1920×1280 → network input 1600×1280), ``tile`` (the same
+image at full resolution in 512-pixel windows; the reference has no tile mode)
+and ``320`` (``resize`` mode: one 320×320 forward, timed over ``--inner_320``
+predictions per process). Each run is its own child process, so its peak RSS
+(``ru_maxrss``) is its own; the paths alternate within every repeat, and the
+table gives the median and the range (min–max) over the repeats: on a machine
+shared with other jobs single runs vary by 2× and more, so compare medians
+and quote ranges. "conv GFLOP/s" divides the network's convolution FLOPs,
+counted as direct convolutions (2·Cin·Cout·k²·H·W per layer), by the median
+wall time of the whole prediction. The last section predicts the five real
+examples of ``../shared/data/dim-examples`` (``--examples``) in ``whole``
+mode with fp32 and bf16 and gives the difference of the written mattes in
+the unknown region, in grey levels.
 """
 
 import os
@@ -41,12 +44,12 @@ import time
 
 import numpy as np
 
-from bench.common import (current_rss_mb, emit_result, format_table, load_average, machine_summary,
-                          matmul_gflops, peak_rss_mb, run_child)
+from bench.common import (cpu_features, current_rss_mb, emit_result, format_table, load_average, machine_summary,
+                          matmul_gflops, median_range, peak_rss_mb, run_child)
 from core.utils import UserError, run_cli
 
-PATHS = ("reference", "ours", "ours-exact")
-DEFAULT_PATHS = ("reference", "ours")
+PATHS = ("reference", "fp32", "fp32-exact", "bf16")
+CASES = ("whole", "tile", "320")
 # name -> (DIMNet keyword arguments, stage): the layouts of the released models
 VARIANTS = {
     "skip": ({"refine": False, "skip": True, "conv6_kernel": 3}, 1),     # stage1_skip_sad_52.9.pth
@@ -54,6 +57,8 @@ VARIANTS = {
     "refine": ({"refine": True, "skip": False, "conv6_kernel": 1}, 2),   # stage2_norm_balance_sad_57.9.pth
 }
 QUICK_SIZE = (480, 320)
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
+                        "dim-examples")
 
 
 def parse_size(text):
@@ -124,7 +129,16 @@ def conv_flops(variant, h, w):
 
 
 # --------------------------------------------------------------------------- #
-# Child: one path, one process.
+# Child: one path, one case, one process.
+
+def case_kwargs(args):
+    """``predict_matte`` keyword arguments of ``args.case``."""
+    if args.case == "tile":
+        return {"mode": "tile", "tile_size": args.tile_size, "tile_overlap": 64}
+    if args.case == "320":
+        return {"mode": "resize", "size": (320, 320)}
+    return {"mode": "whole", "max_size": args.max_size}
+
 
 def child(args):
     import torch
@@ -133,6 +147,7 @@ def child(args):
     image, trimap = load_pair(args)
     arch, stage = VARIANTS[args.variant]
     state = bench_state_dict(args.variant)
+    kw = case_kwargs(args)
     if args.child == "reference":
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
         from reference_impl import ReferenceDIM, reference_predict
@@ -140,24 +155,28 @@ def child(args):
         model = ReferenceDIM(stage=stage, skip=arch["skip"], conv6_kernel=arch["conv6_kernel"])
         model.load_state_dict(state, strict=True)
         model.eval()
+        ref_kw = {"mode": kw["mode"], "max_size": kw.get("max_size", 1600)}
+        if "size" in kw:
+            ref_kw.update(size_h=kw["size"][0], size_w=kw["size"][1])
 
         def run():
-            return reference_predict(model, image, trimap, mode="whole", max_size=args.max_size, stage=stage)
+            return reference_predict(model, image, trimap, stage=stage, **ref_kw)
     else:
         from core.inference import predict_matte, setup_backend
         from core.network import DIMNet
 
         device = setup_backend("cpu")
-        if args.child == "ours-exact":
+        if args.child == "fp32-exact":
             import core.network
 
             core.network.FAST_KERNELS = False
         model = DIMNet(**arch)
         model.load_state_dict(state, strict=True)
         model.to(device).eval()
+        precision = "bf16" if args.child == "bf16" else "fp32"
 
         def run():
-            return predict_matte(model, image, trimap, mode="whole", max_size=args.max_size, stage=stage)
+            return predict_matte(model, image, trimap, stage=stage, precision=precision, **kw)
     del state
     gc.collect()
     baseline = current_rss_mb()
@@ -185,14 +204,114 @@ def load_pair(args):
 
 
 # --------------------------------------------------------------------------- #
-# Parent: alternate the paths, compare, print the table.
+# Parent: alternate the paths, compare, print the tables.
 
-def child_argv(args, path, out):
-    argv = ["--child", path, "--out", out, "--variant", args.variant, "--max_size", str(args.max_size),
-            "--threads", str(args.threads), "--inner", str(args.inner), "--size", "x".join(map(str, args.size))]
+def child_argv(args, case, path, out, inner):
+    argv = ["--child", path, "--case", case, "--out", out, "--variant", args.variant, "--max_size",
+            str(args.max_size), "--tile_size", str(args.tile_size), "--threads", str(args.threads),
+            "--inner", str(inner), "--size", "x".join(map(str, args.size))]
     if args.image:
         argv += ["--image", os.path.abspath(args.image), "--trimap", os.path.abspath(args.trimap)]
     return argv
+
+
+def grey_diff(a, b, trimap):
+    """(mean, max) absolute difference of two uint8 mattes over the unknown region (trimap 128)."""
+    d = np.abs(a.astype(np.int16) - b.astype(np.int16))[trimap == 128]
+    return (float(d.mean()), int(d.max())) if d.size else (0.0, 0)
+
+
+def run_case(args, case, paths, trimap, flops):
+    """Alternate the paths' child processes ``args.repeat`` times; print and return the case's table rows."""
+    inner = args.inner_320 if case == "320" else args.inner
+    results = {p: [] for p in paths}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeat):
+            for p in paths:
+                out = os.path.join(tmp, f"{p}.npy")
+                res = run_child("bench.inference", child_argv(args, case, p, out, inner))
+                res["matte"] = np.load(out)
+                res["time"] = float(np.median(res["times"]))
+                results[p].append(res)
+                print(f"  {case} run {r + 1}/{args.repeat} {p:10s}: {res['time']:7.3f} s, "
+                      f"peak RSS {res['peak_mb']:6.0f} MiB (load {load_average():.2f})", flush=True)
+    med = {p: float(np.median([r["time"] for r in results[p]])) for p in paths}
+    base = "fp32-exact" if "fp32-exact" in paths else paths[0]
+    rows = []
+    for p in paths:
+        runs = results[p]
+        t_med, t_lo, t_hi = median_range([r["time"] for r in runs])
+        peak = float(np.median([r["peak_mb"] for r in runs]))
+        above = float(np.median([r["peak_mb"] - r["baseline_mb"] for r in runs]))
+        consistent = all(np.array_equal(r["matte"], runs[-1]["matte"]) for r in runs)
+        row = [p, f"{t_med:.3f}", f"{t_lo:.3f}–{t_hi:.3f}", f"{med[base] / t_med:.2f}×"]
+        if "fp32" in paths:
+            row.append(f"{med['fp32'] / t_med:.2f}×")
+        if "reference" in paths:
+            row.append(f"{med['reference'] / t_med:.2f}×")
+        if flops:
+            row.append(f"{flops / t_med / 1e9:.0f}")
+        row += [f"{peak:.0f}", f"{above:.0f}"]
+        if "fp32" in paths:
+            mean, mx = grey_diff(runs[-1]["matte"], results["fp32"][-1]["matte"], trimap)
+            row.append(f"{mean:.3f} / {mx}")
+        if "reference" in paths:
+            mean, mx = grey_diff(runs[-1]["matte"], results["reference"][-1]["matte"], trimap)
+            row.append(f"{mean:.3f} / {mx}")
+        row.append("yes" if consistent else "NO")
+        rows.append(row)
+    headers = ["path", "median s", f"range s ({args.repeat} runs)", f"speed vs {base}"]
+    if "fp32" in paths:
+        headers.append("vs fp32")
+    if "reference" in paths:
+        headers.append("vs reference")
+    if flops:
+        headers.append("conv GFLOP/s")
+    headers += ["peak RSS MiB", "above baseline"]
+    if "fp32" in paths:
+        headers.append("grey diff vs fp32 mean/max")
+    if "reference" in paths:
+        headers.append("vs reference mean/max")
+    headers.append("same every run")
+    print()
+    print(format_table(headers, rows))
+    print(flush=True)
+    return rows
+
+
+def quality(args):
+    """fp32 vs bf16 mattes of the real examples in whole mode; prints a table, returns the overall mean."""
+    import torch
+
+    from core.imageio import read_gray, read_image
+    from core.inference import predict_matte
+    from core.network import DIMNet
+
+    folder = args.examples
+    names = sorted(os.listdir(os.path.join(folder, "image")))
+    arch, stage = VARIANTS[args.variant]
+    model = DIMNet(**arch)
+    model.load_state_dict(bench_state_dict(args.variant), strict=True)
+    model.eval()
+    torch.set_num_threads(args.threads)
+    rows, diffs = [], []
+    for name in names:
+        image = read_image(os.path.join(folder, "image", name))
+        trimap = read_gray(os.path.join(folder, "trimap", name))
+        a = predict_matte(model, image, trimap, mode="whole", max_size=args.max_size, stage=stage)
+        b = predict_matte(model, image, trimap, mode="whole", max_size=args.max_size, stage=stage, precision="bf16")
+        d = np.abs(a.astype(np.int16) - b.astype(np.int16))[trimap == 128]
+        diffs.append(d)
+        rows.append([name, f"{image.shape[1]}×{image.shape[0]}", f"{d.size}", f"{d.mean():.3f}", f"{d.max()}",
+                     f"{100 * np.count_nonzero(d) / d.size:.1f}%"])
+        print(f"  {name}: mean {d.mean():.3f}, max {d.max()}", flush=True)
+    d = np.concatenate(diffs)
+    rows.append(["all", "", f"{d.size}", f"{d.mean():.3f}", f"{d.max()}", f"{100 * np.count_nonzero(d) / d.size:.1f}%"])
+    print()
+    print(f"bf16 vs fp32 on the real examples ({folder}), whole mode, max size {args.max_size}, variant "
+          f"{args.variant}, unknown region (trimap 128), grey levels of the written 8-bit mattes:")
+    print(format_table(["example", "size", "unknown px", "mean diff", "max diff", "pixels differing"], rows))
+    return float(d.mean())
 
 
 def main(argv=None):
@@ -200,17 +319,24 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=parse_size, default=None, help="synthetic image WIDTHxHEIGHT (1920x1280)")
     parser.add_argument("--max_size", type=int, default=1600, help="whole-mode cap on each side (1600)")
+    parser.add_argument("--tile_size", type=int, default=None, help="tile-mode window (512; --quick 256)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    parser.add_argument("--repeat", type=int, default=None, help="child processes per path (2; --quick 1)")
-    parser.add_argument("--inner", type=int, default=1, help="predictions per child process (1)")
+    parser.add_argument("--repeat", type=int, default=None, help="child processes per path and case (3; --quick 1)")
+    parser.add_argument("--inner", type=int, default=1, help="predictions per child process, whole/tile (1)")
+    parser.add_argument("--inner_320", type=int, default=None, help="predictions per child process, 320 (5; --quick 2)")
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="skip",
                         help="model layout: skip (stage 1 + skip, default), noskip, refine (stage 2)")
-    parser.add_argument("--paths", default=",".join(DEFAULT_PATHS),
-                        help=f"comma-separated subset of: {','.join(PATHS)} (default {','.join(DEFAULT_PATHS)})")
+    parser.add_argument("--paths", default=",".join(PATHS),
+                        help=f"comma-separated subset of: {','.join(PATHS)} (default: all)")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of: {','.join(CASES)}")
+    parser.add_argument("--examples", default=EXAMPLES,
+                        help="folder with image/ and trimap/ of real examples for the bf16 agreement table "
+                             "(default ../shared/data/dim-examples; 'none' to skip; skipped by --quick)")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_SIZE[0]}x{QUICK_SIZE[1]}, one run per path")
     parser.add_argument("--image", help="a real photo (BGR as read by OpenCV) instead of the synthetic one")
     parser.add_argument("--trimap", help="its trimap")
     parser.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--case", choices=CASES, default="whole", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -219,7 +345,11 @@ def main(argv=None):
     if args.size is None:
         args.size = QUICK_SIZE if args.quick else (1920, 1280)
     if args.repeat is None:
-        args.repeat = 1 if args.quick else 2
+        args.repeat = 1 if args.quick else 3
+    if args.inner_320 is None:
+        args.inner_320 = 2 if args.quick else 5
+    if args.tile_size is None:
+        args.tile_size = 256 if args.quick else 512
     args.threads = args.threads or torch.get_num_threads()
     if args.max_size < 32:
         raise UserError(f"--max_size {args.max_size}: must be at least 32")
@@ -228,59 +358,41 @@ def main(argv=None):
     paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     if not paths or any(p not in PATHS for p in paths):
         raise UserError(f"--paths {args.paths!r}: choose from {', '.join(PATHS)}")
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    if not cases or any(c not in CASES for c in cases):
+        raise UserError(f"--cases {args.cases!r}: choose from {', '.join(CASES)}")
 
     from core.inference import whole_size
 
     image, trimap = load_pair(args)
     h, w = trimap.shape
     net_h, net_w = whole_size(h, w, args.max_size)
-    flops = conv_flops(args.variant, net_h, net_w)
     print(f"machine: {machine_summary(args.threads)}")
-    print(f"image {w}×{h} -> network input {net_w}×{net_h}, variant {args.variant}, "
-          f"{flops / 1e9:.0f} GFLOP of convolutions; load average {load_average():.2f}", flush=True)
-
+    print(f"CPU features: {cpu_features()}")
+    print(f"image {w}×{h}, variant {args.variant}; load average {load_average():.2f}. Timings: median and range "
+          f"over {args.repeat} alternating runs per path (a shared machine only ever slows a run down).", flush=True)
     mm_before = matmul_gflops(threads=args.threads)
-    results = {p: [] for p in paths}
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.repeat):
-            for p in paths:
-                out = os.path.join(tmp, f"{p}.npy")
-                res = run_child("bench.inference", child_argv(args, p, out))
-                res["matte"] = np.load(out)
-                results[p].append(res)
-                print(f"  run {r + 1}/{args.repeat} {p:9s}: {min(res['times']):7.2f} s, "
-                      f"peak RSS {res['peak_mb']:7.0f} MiB (load {load_average():.2f})", flush=True)
-    mm = max(mm_before, matmul_gflops(threads=args.threads))  # the better of before and after: less disturbed
-
-    rows, best = [], {}
-    for p in paths:
-        runs = results[p]
-        t = min(min(r["times"]) for r in runs)
-        peak = min(r["peak_mb"] for r in runs)
-        base = min(r["baseline_mb"] for r in runs)
-        best[p] = (t, peak, base)
-        gf = flops / t / 1e9
-        rows.append([p, f"{t:.2f}", " ".join(f"{x:.1f}" for r in runs for x in r["times"]), f"{gf:.1f}",
-                     f"{100 * gf / mm:.0f}%", f"{peak:.0f}", f"{base:.0f}", f"{peak - base:.0f}"])
-    print()
-    print(format_table(["path", "best s", "all runs s", "conv GFLOP/s", "of matmul", "peak RSS MiB",
-                        "baseline MiB", "peak-baseline"], rows))
-    print(f"matmul 4096×4096 float32: {mm:.1f} GFLOP/s ({args.threads} threads)")
-    for p in paths:
-        m = results[p][-1]["matte"]
-        unknown = m[trimap == 128]
-        consistent = all(np.array_equal(r["matte"], m) for r in results[p])
-        print(f"{p}: unknown-region matte levels: {len(np.unique(unknown))} distinct, "
-              f"{100 * np.mean((unknown > 0) & (unknown < 255)):.0f}% strictly between 0 and 255; "
-              f"identical across runs: {consistent}")
-    for p in paths:
-        if p == "reference" or "reference" not in paths:
-            continue
-        (tr, pr, br), (to, po, bo) = best["reference"], best[p]
-        diff = np.abs(results[p][-1]["matte"].astype(int) - results["reference"][-1]["matte"].astype(int))
-        print(f"{p} vs reference: {tr / to:.2f}× faster; peak RSS {po / pr:.2f}× "
-              f"(above baseline {(po - bo) / max(pr - br, 1e-9):.2f}×); "
-              f"max grey-level difference {diff.max()}, {np.count_nonzero(diff)} of {diff.size} pixels differ")
+    for case in cases:
+        case_paths = [p for p in paths if not (case == "tile" and p == "reference")]
+        if case == "whole":
+            flops = conv_flops(args.variant, net_h, net_w)
+            title = f"whole: network input {net_w}×{net_h}, {flops / 1e9:.0f} GFLOP of convolutions"
+        elif case == "tile":
+            flops = None
+            title = f"tile: {w}×{h} at full resolution in {args.tile_size}-pixel windows (overlap 64)"
+        else:
+            flops = conv_flops(args.variant, 320, 320)
+            title = f"320: one 320×320 forward (resize mode), median of {args.inner_320} per process"
+        print(f"\n== {title}", flush=True)
+        run_case(args, case, case_paths, trimap, flops)
+    mm = max(mm_before, matmul_gflops(threads=args.threads))
+    print(f"matmul 4096×4096 float32: {mm:.1f} GFLOP/s ({args.threads} threads; better of before and after)")
+    if not args.quick and args.examples != "none":
+        if os.path.isdir(os.path.join(args.examples, "image")):
+            print("\n== real examples", flush=True)
+            quality(args)
+        else:
+            print(f"\n(no real examples at {args.examples}: agreement table skipped)")
     return 0
 
 

@@ -302,14 +302,22 @@ def _conv_taps(conv, x, pad_h, pad_w):
     out = torch.zeros((n, cout, ho, wo), dtype=x.dtype, device=x.device)
     if conv.bias is not None:
         out.copy_(conv.bias.view(1, cout, 1, 1))
+    add_shifted_taps(out, lambda i, j: z[:, :, i, j], kh, kw, pad_h, pad_w)
+    return out
+
+
+def add_shifted_taps(out, tap, kh, kw, pad_h, pad_w):
+    """``out[..., y, x] += tap(i, j)[..., y + i − pad_h, x + j − pad_w]`` for every kernel tap (i, j),
+    where that pixel exists (zero padding); the last two dimensions are rows and columns."""
+    ho, wo = out.shape[-2:]
+    hi, wi = tap(0, 0).shape[-2:]
     for i in range(kh):
         dy = i - pad_h
         y0, y1 = max(0, -dy), min(ho, hi - dy)
         for j in range(kw):
             dx = j - pad_w
             x0, x1 = max(0, -dx), min(wo, wi - dx)
-            out[:, :, y0:y1, x0:x1] += z[:, :, i, j, y0 + dy:y1 + dy, x0 + dx:x1 + dx]
-    return out
+            out[..., y0:y1, x0:x1] += tap(i, j)[..., y0 + dy:y1 + dy, x0 + dx:x1 + dx]
 
 
 def _conv_call(conv, x, pad_h, impl):

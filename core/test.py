@@ -37,6 +37,7 @@ from core.data import list_images
 from core.imageio import read_gray, read_image, write_image
 from core.cutout import add_cutout_args, cutout_options, write_cutouts
 from core.inference import MODES, check_trimap, predict_matte, setup_backend, whole_size
+from core.precision import PRECISIONS, check_precision
 from core.release import fetch_release, is_release
 from core.tiling import check_tile_args
 from core.metrics import (compute_metrics, format_table, mean_metrics, read_alpha, read_trimap, write_metrics_csv,
@@ -177,7 +178,8 @@ def score_matte(pair, matte):
 
 
 def predict_folder(model, pairs, save_dir=None, mode="whole", max_size=1600, size=(320, 320), stage=None, amp=False,
-                   tile_size=512, tile_overlap=64, score=False, progress=True, should_stop=None, cutout=None):
+                   tile_size=512, tile_overlap=64, score=False, progress=True, should_stop=None, cutout=None,
+                   precision="fp32"):
     """Predict every pair; write its 8-bit matte to ``save_dir/pair.name``; optionally score it.
 
     The one loop behind ``core/test.py``, ``core/demo.py`` and training-time validation.
@@ -187,7 +189,7 @@ def predict_folder(model, pairs, save_dir=None, mode="whole", max_size=1600, siz
             put in eval mode and its train/eval mode restored afterwards.
         pairs: ``[Pair]`` from :func:`find_pairs` (call :func:`check_pairs` once first).
         save_dir: folder for the mattes (written atomically), or None to write nothing.
-        mode, max_size, size, stage, amp, tile_size, tile_overlap: as :func:`core.inference.predict`.
+        mode, max_size, size, stage, amp, tile_size, tile_overlap, precision: as :func:`core.inference.predict`.
         score: score each pair that has ``alpha`` with :func:`score_matte` (the
             exact uint8 array written, i.e. what the saved PNG holds).
         should_stop: optional callable, asked before each image; True ends the loop.
@@ -211,7 +213,7 @@ def predict_folder(model, pairs, save_dir=None, mode="whole", max_size=1600, siz
             image, trimap = read_image(pair.image), read_gray(pair.trimap)
             start = time.perf_counter()
             matte = predict_matte(net, image, trimap, mode=mode, max_size=max_size, size=size, stage=stage, amp=amp,
-                                  tile_size=tile_size, tile_overlap=tile_overlap)
+                                  tile_size=tile_size, tile_overlap=tile_overlap, precision=precision)
             seconds.append(time.perf_counter() - start)  # predict_matte returns a CPU array: GPU work is done
             if save_dir is not None:
                 write_image(os.path.join(save_dir, pair.name), matte)
@@ -256,6 +258,7 @@ def add_inference_args(parser, resume_default=None):
     parser.add_argument("--size_w", type=int, default=320, help="tile/resize width for crop/resize (default: 320)")
     parser.add_argument("--cuda", action="store_true", help="run on the GPU (default: CPU)")
     parser.add_argument("--amp", action="store_true", help="mixed precision (autocast) on the GPU")
+    add_precision_arg(parser)
     parser.add_argument("--tile_size", type=int, default=512,
                         help="window side for --crop_or_resize tile, a multiple of 32 (default: 512)")
     parser.add_argument("--tile_overlap", type=int, default=64,
@@ -279,10 +282,27 @@ def check_inference_args(args):
                 raise UserError(f"{flag} must be a positive multiple of 32, got {value}")
 
 
+def add_precision_arg(parser):
+    """``--precision``: the exact float32 path (default) or the reduced-precision forward of core.precision."""
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp32 (default): the exact path; bf16 (CPU with AVX-512 BF16/AMX, or CUDA) and fp16 "
+                             "(CUDA): encoder in float32, the rest in the reduced type; somewhat faster, less "
+                             "memory, mattes about 0.2 grey levels from fp32 (see README, Performance)")
+
+
+def check_precision_arg(precision, device):
+    """A precision the device cannot run is a user error (one line); warns once where bf16 will be slow."""
+    try:
+        check_precision(precision, device)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
 def inference_kwargs(args):
     """Keyword arguments of :func:`predict_folder` from the parsed flags."""
     return dict(mode=args.crop_or_resize, max_size=args.max_size, size=(args.size_h, args.size_w),
-                stage=args.stage, amp=args.amp, tile_size=args.tile_size, tile_overlap=args.tile_overlap)
+                stage=args.stage, amp=args.amp, tile_size=args.tile_size, tile_overlap=args.tile_overlap,
+                precision=args.precision)
 
 
 def missing_checkpoint_hint(path):
@@ -306,6 +326,7 @@ def load_for_inference(args, logger):
     device = select_device(args.cuda)
     if args.amp and device.type != "cuda":
         logger.info("--amp has no effect on the CPU")
+    check_precision_arg(args.precision, device)
     stage_flag = f"{args.stage_setting}={{}}" if getattr(args, "stage_setting", None) else "--stage {}"
     model, info = load_model(args.resume, stage=args.stage, skip=args.skip, device=device, stage_flag=stage_flag)
     # cuDNN autotuning pays only when every forward has the same size (crop/resize; tile windows)

@@ -121,7 +121,7 @@ def plan_tiles(trimap, tile=DEFAULT_TILE, overlap=DEFAULT_OVERLAP):
 
 
 def predict_tiles(model, image_bgr, trimap, tile=DEFAULT_TILE, overlap=DEFAULT_OVERLAP, refined=None, amp=False,
-                  progress=None):
+                  progress=None, precision="fp32"):
     """``tile`` mode: the alpha before forcing, float32 H×W in [0, 1].
 
     Args:
@@ -134,6 +134,7 @@ def predict_tiles(model, image_bgr, trimap, tile=DEFAULT_TILE, overlap=DEFAULT_O
         refined: report the refined alpha (default: when the model has a head).
         amp: autocast on CUDA.
         progress: tqdm bar over windows; None shows it from 16 predicted windows on.
+        precision: ``fp32``, ``bf16`` or ``fp16``, as in ``core.inference.forward_once``.
     """
     if image_bgr.shape[:2] != trimap.shape:
         raise ValueError(f"image {image_bgr.shape[:2]} and trimap {trimap.shape} differ in size")
@@ -149,7 +150,7 @@ def predict_tiles(model, image_bgr, trimap, tile=DEFAULT_TILE, overlap=DEFAULT_O
     for y, x, wy, wx in tqdm(plan, desc="tiles", unit="tile", leave=False, disable=not show):
         th, tw = wy.size, wx.size
         alpha = forward_once(model, image_bgr[y:y + th, x:x + tw], trimap[y:y + th, x:x + tw],
-                             refined=refined, amp=amp)
+                             refined=refined, amp=amp, precision=precision)
         win = wy[:, None] * wx[None, :]
         acc[y:y + th, x:x + tw] += alpha * win
         weight[y:y + th, x:x + tw] += win

@@ -52,7 +52,8 @@ from core.inference import MODES
 from core.losses import stage_loss
 from core.metrics import format_table
 from core.network import build_model, freeze_encoder_decoder, stage_has_refine
-from core.test import check_pairs, find_pairs, predict_folder
+from core.precision import PRECISIONS
+from core.test import check_pairs, check_precision_arg, find_pairs, predict_folder
 from core.utils import UserError, dist_env, run_cli, seed_everything, select_device, setup_logging
 
 # Batch keys each stage's loss reads (besides the network input).
@@ -99,7 +100,11 @@ def build_parser():
     t.add_argument("--threads", type=int, default=4, help="data-loader worker processes (0: load in the main process)")
     t.add_argument("--seed", type=int, default=123, help="random seed (each process uses seed + rank)")
     t.add_argument("--cuda", action="store_true", help="train on the GPU (default: CPU)")
-    t.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast + GradScaler); CUDA only")
+    t.add_argument("--amp", action="store_true",
+                   help="mixed precision: autocast in --amp_dtype (losses stay float32); on the CPU always bf16")
+    t.add_argument("--amp_dtype", choices=("fp16", "bf16"), default=None,
+                   help="autocast type of --amp: fp16 (CUDA default; with a GradScaler) or bf16 (no scaler; "
+                        "the CPU's only choice)")
     t.add_argument("--dist_timeout", type=float, default=180,
                    help="minutes a process waits for the others under torchrun (rank 0 tests alone)")
 
@@ -134,6 +139,8 @@ def build_parser():
     v.add_argument("--testAlphaDir", help="ground-truth alphas, same file names")
     v.add_argument("--testResDir", help="write the predicted mattes here (default: not written)")
     v.add_argument("--crop_or_resize", default="whole", choices=MODES, help="test inference mode")
+    v.add_argument("--test_precision", choices=PRECISIONS, default="fp32",
+                   help="precision of the testing, as core/test.py's --precision (default fp32: the exact path)")
     v.add_argument("--max_size", "--test_max_size", dest="max_size", type=int, default=1600,
                    help="largest side fed to the network in whole mode")
     return p
@@ -187,6 +194,16 @@ def parse_args(argv=None):
 
 
 # ---------------------------------------------------------------- small pieces other modules may reuse
+
+def amp_dtype(name, device):
+    """The autocast dtype of ``--amp_dtype`` on ``device``: float16 on CUDA unless bf16 was asked for,
+    bfloat16 on the CPU (UserError for fp16 there, which CPUs compute slowly and autocast does not scale)."""
+    if device.type != "cuda":
+        if name == "fp16":
+            raise UserError("--amp_dtype fp16 needs --cuda: on the CPU --amp trains in bf16 (drop --amp_dtype)")
+        return torch.bfloat16
+    return torch.bfloat16 if name == "bf16" else torch.float16
+
 
 def lr_at(epoch, lr, step):
     """Learning rate of (1-based) ``epoch``: ``lr``, or ``lr/10`` from epoch ``step`` on when step > 0."""
@@ -288,7 +305,10 @@ class Trainer:
 
     def __init__(self, args, rank, world, device, log):
         self.args, self.rank, self.world, self.device, self.log = args, rank, world, device, log
-        self.amp = bool(args.amp and device.type == "cuda")
+        self.amp = bool(args.amp)
+        self.amp_dtype = amp_dtype(args.amp_dtype, device)
+        if args.testImgDir:
+            check_precision_arg(args.test_precision, device)
         self.stop = StopRequest()
         self.best_sad = math.inf
         self.start_epoch, self.start_iter, self.pending_test = 1, 0, False
@@ -335,7 +355,7 @@ class Trainer:
         model.to(self.device)
         self.optimizer = torch.optim.Adam(params, lr=a.lr)
         self.scaler = None
-        if self.amp:
+        if self.amp and self.amp_dtype == torch.float16:  # bfloat16 has float32's range: no scaling
             new_api = hasattr(torch.amp, "GradScaler")  # torch ≥ 2.3
             self.scaler = torch.amp.GradScaler("cuda") if new_api else torch.cuda.amp.GradScaler()
         if a.resume:
@@ -343,7 +363,7 @@ class Trainer:
         n = sum(p.numel() for p in model.parameters())
         self.log.info(f"model: stage {a.stage}, {model.arch}, {n:,} parameters, "
                       f"{sum(p.numel() for p in params):,} trained, device {self.device}"
-                      + (", mixed precision" if self.amp else ""))
+                      + (f", mixed precision ({self.amp_dtype})" if self.amp else ""))
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -430,7 +450,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = False  # test images come in many sizes
         result = predict_folder(self.model, self.test_pairs, save_dir=a.testResDir or None, mode=a.crop_or_resize,
-                                max_size=a.max_size, size=(a.size_h, a.size_w), stage=a.stage, amp=self.amp,
+                                max_size=a.max_size, size=(a.size_h, a.size_w), stage=a.stage,
+                                amp=self.amp and self.device.type == "cuda", precision=a.test_precision,
                                 score=True, should_stop=self.stop)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -487,7 +508,7 @@ class Trainer:
             for iteration, batch in enumerate(batches, start + 1):
                 x = batch["input"].to(self.device, non_blocking=True)
                 targets = {k: batch[k].to(self.device, non_blocking=True) for k in keys}
-                with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                     alpha, refined = self.model(x)
                 terms = stage_loss(a.stage, alpha, refined, targets, a.wl_weight)
                 names = list(terms)
@@ -541,8 +562,6 @@ class Trainer:
         if self.rank == 0:
             self.write_config()
             self.log.info("config: " + json.dumps(self.config, sort_keys=True))
-        if a.amp and not self.amp:
-            self.log.warning("--amp needs --cuda: training in float32 on the CPU")
         if self.testing and self.rank == 0:  # fail now, not after the first epoch
             self.test_pairs = find_pairs(a.testImgDir, a.testTrimapDir, a.testAlphaDir)
             check_pairs(self.test_pairs, a.crop_or_resize, a.max_size)
