@@ -205,24 +205,25 @@ def test_second_ctrl_c_aborts_and_handlers_are_restored():
 
 
 def test_amp_scaler_steps_and_its_state_is_saved_and_resumed(data4, tmp_path, monkeypatch):
-    # --amp is CUDA only; a CPU GradScaler stands in for the CUDA one (float16 autocast runs on the
-    # CPU too), so train_epoch's scaler path and the scaler state in checkpoints run here.
+    # float16 --amp (with its GradScaler) is CUDA only; a CPU GradScaler stands in for the CUDA one
+    # (float16 autocast runs on the CPU too), so train_epoch's scaler path and the scaler state in
+    # checkpoints run here.
     scale = {"init": 256.0}
     monkeypatch.setattr(torch.amp, "GradScaler",
                         lambda device: torch.amp.grad_scaler.GradScaler("cpu", init_scale=scale["init"]))
     save = tmp_path / "amp"
     trainer = make_trainer(data4, save, "--nEpochs", "1", "--amp")
-    trainer.amp = True
+    trainer.amp, trainer.amp_dtype = True, torch.float16
     assert trainer.run() == 0
     state = read_checkpoint(save / "ckpt_last.pth")["train_state"]["scaler"]
     assert state["scale"] == 256.0 and state["_growth_tracker"] == 4  # 4 scaled steps without inf
     scale["init"] = 1.0
     resumed = make_trainer(data4, save, "--nEpochs", "1", "--amp", "--resume", str(save / "ckpt_last.pth"))
-    resumed.amp = True
+    resumed.amp, resumed.amp_dtype = True, torch.float16
     resumed.build()
     assert resumed.scaler.get_scale() == 256.0 and resumed.scaler.state_dict()["_growth_tracker"] == 4
-    # without a GPU, --amp alone trains in float32 and says so
+    # without a GPU, --amp alone trains in bfloat16 (float32's range: no scaler) and says so
     cpu = make_trainer(data4, tmp_path / "cpu", "--nEpochs", "1", "--amp")
     assert cpu.run() == 0 and cpu.scaler is None
-    assert "--amp needs --cuda: training in float32 on the CPU" in (tmp_path / "cpu" / "train.log").read_text()
+    assert "mixed precision (torch.bfloat16)" in (tmp_path / "cpu" / "train.log").read_text()
     assert read_checkpoint(tmp_path / "cpu" / "ckpt_last.pth")["train_state"]["scaler"] is None
