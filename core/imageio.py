@@ -1,6 +1,7 @@
 """Reading and writing images with errors users can act on."""
 
 import contextlib
+import functools
 import os
 import tempfile
 import warnings
@@ -65,6 +66,24 @@ def png_header(path):
     return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big"), head[25], head[24]
 
 
+@functools.lru_cache(maxsize=1)
+def _pillow():
+    """Pillow's ``Image`` module (None without Pillow), its decompression-bomb *warning* silenced once.
+
+    The size limit is :data:`MAX_PIXELS`'s (:func:`check_image_file`), so Pillow's
+    warning for images above its own, lower threshold would only mislead. A
+    filter, not ``warnings.catch_warnings``: that swaps the process's filters
+    and is not thread-safe, and headers are read in threads (``check_pairs``),
+    where it hid other threads' warnings.
+    """
+    try:
+        from PIL import Image
+    except ImportError:
+        return None
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    return Image
+
+
 def image_size(path):
     """``(width, height)`` from the file's header without decoding it, or None when unknown.
 
@@ -75,15 +94,12 @@ def image_size(path):
     png = png_header(path)
     if png is not None:
         return png[1], png[0]
-    try:
-        from PIL import Image
-    except ImportError:  # then OpenCV's own limit still applies
+    Image = _pillow()
+    if Image is None:  # then OpenCV's own limit still applies
         return None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow warns about large images: we decide below
-            with Image.open(path) as im:
-                return im.size
+        with Image.open(path) as im:
+            return im.size
     except Image.DecompressionBombError:
         return MAX_PIXELS + 1, 1
     except Exception:  # noqa: BLE001 — Pillow raises many types on odd files; OpenCV decides about those

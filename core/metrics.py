@@ -324,13 +324,14 @@ def read_alpha(path):
     return _first_matlab_channel(_read_8bit(path, "ground-truth alpha"), "ground-truth alpha", path)
 
 
-def read_trimap(path):
+def read_trimap(path, warn=True):
     """Trimap → uint8 H×W, used as is (unknown = exactly 128). A 3/4-channel trimap
     (the official code cannot use one) is reduced like the alpha, to its R channel.
-    Warns when some values are neither 0, 128 nor 255 (e.g. an interpolated resize):
-    those pixels are neither known nor evaluated."""
+    Warns (unless not ``warn``: a caller that already did) when some values are
+    neither 0, 128 nor 255 (e.g. an interpolated resize): those pixels are neither
+    known nor evaluated."""
     tri = _first_matlab_channel(_read_8bit(path, "trimap"), "trimap", path)
-    odd = int(np.count_nonzero((tri != 0) & (tri != 128) & (tri != 255)))
+    odd = int(np.count_nonzero((tri != 0) & (tri != 128) & (tri != 255))) if warn else 0
     if odd:
         warnings.warn(f"trimap {path}: {odd} pixels are not 0/128/255; only 128 counts as unknown",
                       stacklevel=2)

@@ -26,7 +26,6 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 import argparse
 import math
 import time
-import warnings
 from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor
 
@@ -38,7 +37,7 @@ from core.imageio import read_gray, read_image, write_image
 from core.cutout import add_cutout_args, cutout_options, write_cutouts
 from core.inference import MODES, check_trimap, predict_matte, setup_backend, whole_size
 from core.precision import PRECISIONS, check_precision
-from core.release import fetch_release, is_release
+from core.release import download_if_missing
 from core.tiling import check_tile_args
 from core.metrics import (compute_metrics, format_table, mean_metrics, read_alpha, read_trimap, write_metrics_csv,
                           write_metrics_json)
@@ -97,9 +96,9 @@ def _check_one(pair, mode, max_size):
         gh, gw = read_alpha(pair.alpha).shape
         if (gh, gw) != (h, w):
             raise UserError(f"{pair.alpha}: ground-truth alpha is {gw}×{gh} but its image {pair.image} is {w}×{h}")
-        with warnings.catch_warnings():  # check_trimap above already warned about odd values
-            warnings.simplefilter("ignore")
-            read_trimap(pair.trimap)  # scoring reads it as evaluate.m does (8-bit only): fail now, not mid-run
+        # Scoring reads it as evaluate.m does (8-bit only): fail now, not mid-run. No second warning about
+        # odd values (check_trimap gave it), and no catch_warnings: this runs in threads.
+        read_trimap(pair.trimap, warn=False)
     if mode in ("whole", "tile"):  # tile mode needs only both sides >= 32
         try:
             whole_size(h, w, max_size if mode == "whole" else max(h, w, 32))
@@ -166,10 +165,7 @@ def score_matte(pair, matte):
     (``core.metrics.read_alpha``/``read_trimap``), so this equals scoring the saved PNG.
     """
     gt = read_alpha(pair.alpha)
-    with warnings.catch_warnings():
-        # check_pairs already warned about odd trimap values once per file.
-        warnings.filterwarnings("ignore", message=r"trimap .*not 0/128/255")
-        trimap = read_trimap(pair.trimap)
+    trimap = read_trimap(pair.trimap, warn=False)  # check_pairs already warned about odd values once per file
     if gt.shape != matte.shape or trimap.shape != matte.shape:
         raise UserError(f"{pair.alpha}: ground truth {gt.shape[1]}×{gt.shape[0]}, trimap {pair.trimap} "
                         f"{trimap.shape[1]}×{trimap.shape[0]} and image {pair.image} {matte.shape[1]}×{matte.shape[0]} "
@@ -313,11 +309,9 @@ def missing_checkpoint_hint(path):
 
 def require_checkpoint(args, logger):
     """Download ``--resume`` when it is a missing release (unless --no_download); else it must exist."""
-    if os.path.isfile(args.resume):
-        return
-    if args.no_download or not is_release(args.resume):
+    found = os.path.isfile(args.resume) if args.no_download else download_if_missing(args.resume, logger.info)
+    if not found:
         raise UserError(missing_checkpoint_hint(args.resume))
-    fetch_release(args.resume, logger.info)
 
 
 def load_for_inference(args, logger):
@@ -361,7 +355,7 @@ def log_cutouts(logger, paths, cutout):
 
 def log_speed(logger, seconds):
     if seconds:
-        logger.info(f"{sum(seconds) / len(seconds):.3f} s per image on average over {len(seconds)} images "
+        logger.info(f"{sum(seconds) / len(seconds):.3f} s per image on average over {plural(len(seconds), 'image')} "
                     "(prediction only, without reading and writing files)")
 
 
