@@ -27,6 +27,7 @@ convolution then converts its weights and its NCHW input again.
   accumulated in float32; the sigmoids run in float32 and the alpha is float32.
 """
 
+import functools
 import warnings
 import weakref
 
@@ -53,16 +54,18 @@ def check_precision(precision, device):
         warn_if_slow_bf16()
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_flags():
-    """The CPU feature flags of /proc/cpuinfo (an empty set where it cannot be read)."""
+    """The CPU feature flags of /proc/cpuinfo (empty where it cannot be read); read once per process,
+    since :func:`check_precision` asks on every prediction."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
 def native_bf16_cpu(flags=None):

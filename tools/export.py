@@ -71,8 +71,7 @@ from core.imageio import atomic_path, read_gray, read_image
 from core.inference import finish_matte, predict_matte, use_refined, whole_input
 from core.release import download_if_missing
 from core.utils import UserError, run_cli
-from core.composite import composite_reference
-from tools.make_synthetic import make_background, make_foreground, trimap_from_alpha
+from tools.make_synthetic import make_example
 
 FORMATS = ("onnx", "torchscript", "both")
 DEFAULT_OPSET = 18
@@ -239,10 +238,8 @@ def check_overwrite(paths, meta, force):
 def synthetic_example(height=CHECK_SIZE[0], width=CHECK_SIZE[1], seed=0):
     """A non-random test image: (image BGR uint8, trimap uint8) of a tools/make_synthetic.py example
     (textured foreground with hair-like strands and a semi-transparent region over a texture)."""
-    rng = np.random.default_rng(seed)
-    fg, alpha = make_foreground(rng, height, width)
-    bg = make_background(rng, height, width)
-    return composite_reference(fg, bg, alpha), trimap_from_alpha(alpha, 5, 4)
+    image, trimap, _ = make_example(np.random.default_rng(seed), height, width)
+    return image, trimap
 
 
 def compare_on_image(run, model, image, trimap, refined, max_size=1600):

@@ -215,24 +215,27 @@ def make_dataset(out, num_fg=4, num_test_fg=2, num_bg=None, size=320, seed=0, tr
                 train_fg_names=train_names, test_fg_names=test_names)
 
 
-def make_examples(out_dir, num=3, seed=0, height=480, width=640):
-    """Write ``num`` composited examples to ``out_dir/{image,trimap,alpha}/synthetic_<i>.png``.
+def make_example(rng, height=480, width=640):
+    """One example, ``(image, trimap, alpha)`` uint8: a height×width foreground composited
+    (reference math) over a texture, and the alpha's 0/128/255 trimap (ellipse 5, 4 iterations)."""
+    fg, alpha = make_foreground(rng, height, width)
+    bg = make_background(rng, height, width)
+    return composite_reference(fg, bg, alpha), trimap_from_alpha(alpha, 5, 4), alpha
 
-    Each is a height×width foreground composited (reference math) over a
-    texture; the trimap is the alpha's 0/128/255 trimap (ellipse 5, 4
-    iterations). Returns the file names.
+
+def make_examples(out_dir, num=3, seed=0, height=480, width=640):
+    """Write ``num`` examples (:func:`make_example`) to ``out_dir/{image,trimap,alpha}/synthetic_<i>.png``.
+
+    Returns the file names.
     """
     rng = np.random.default_rng(seed)
     for kind in ("image", "trimap", "alpha"):
         os.makedirs(os.path.join(out_dir, kind), exist_ok=True)
     names = []
     for i in range(num):
-        fg, alpha = make_foreground(rng, height, width)
-        bg = make_background(rng, height, width)
         name = f"synthetic_{i + 1:02d}.png"
-        write_image(os.path.join(out_dir, "image", name), composite_reference(fg, bg, alpha))
-        write_image(os.path.join(out_dir, "trimap", name), trimap_from_alpha(alpha, 5, 4))
-        write_image(os.path.join(out_dir, "alpha", name), alpha)
+        for kind, img in zip(("image", "trimap", "alpha"), make_example(rng, height, width)):
+            write_image(os.path.join(out_dir, kind, name), img)
         names.append(name)
     return names
 
