@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -28,6 +29,21 @@ def current_rss_mb():
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
         return peak_rss_mb()
+
+
+def status_mb(field):
+    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM), in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def reset_peak():
+    """Reset VmHWM to the current RSS (Linux ≥ 4.0), so the peak counts the prediction only."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def emit_result(result):
@@ -73,10 +89,7 @@ def cpu_features():
 
 def median_range(values):
     """(median, min, max) of a list of numbers."""
-    values = sorted(values)
-    n = len(values)
-    mid = values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
-    return mid, values[0], values[-1]
+    return statistics.median(values), min(values), max(values)
 
 
 def machine_summary(threads):

@@ -29,8 +29,8 @@ import time
 
 import torch
 
-from bench.common import format_table, load_average, machine_summary
-from bench.tile_memory import _reset_peak, _status_mb, random_model, synthetic_scene
+from bench.common import format_table, load_average, machine_summary, reset_peak, status_mb
+from bench.tile_memory import random_model, synthetic_scene
 from core.imageio import read_image, write_image
 from core.inference import predict_matte
 from core.segment import DEFAULT_SEGMENTER, Segmenter
@@ -40,12 +40,12 @@ from core.utils import run_cli
 
 def measure(rows, step, fn):
     """Run ``fn()`` once; append (step, seconds, peak RSS MB, MB above the start) to ``rows``; return its result."""
-    start_mb = _status_mb("VmRSS")
-    _reset_peak()
+    start_mb = status_mb("VmRSS")
+    reset_peak()
     start = time.perf_counter()
     result = fn()
     seconds = time.perf_counter() - start
-    peak = _status_mb("VmHWM")
+    peak = status_mb("VmHWM")
     rows.append([step, f"{seconds:.2f}", f"{peak:.0f}", f"{peak - start_mb:.0f}"])
     print(f"{step}: {seconds:.2f} s", flush=True)
     return result

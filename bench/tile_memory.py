@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from bench.common import emit_result, load_average, machine_summary, run_child
+from bench.common import emit_result, load_average, machine_summary, reset_peak, run_child, status_mb
 from core.imageio import read_gray, read_image, write_image
 from core.inference import predict
 from core.network import DIMNet
@@ -89,21 +89,6 @@ def random_model(seed=0, refine=False, skip=True, raw_std=2.0):
     return model
 
 
-def _status_mb(field):
-    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM), in MB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise OSError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak():
-    """Reset VmHWM to the current RSS (Linux ≥ 4.0), so the peak counts the prediction only."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
 def run_case(case, image_path, trimap_path, tile, overlap, max_size):
     """One measurement in this process; returns a dict of numbers.
 
@@ -115,8 +100,8 @@ def run_case(case, image_path, trimap_path, tile, overlap, max_size):
     image, trimap = read_image(image_path), read_gray(trimap_path)
     height, width = trimap.shape
     out = {"case": case, "height": height, "width": width}
-    base = _status_mb("VmRSS")
-    _reset_peak()
+    base = status_mb("VmRSS")
+    reset_peak()
     start = time.perf_counter()
     if case == "whole":
         alpha = predict(model, image, trimap, mode="whole", max_size=max_size)
@@ -140,7 +125,7 @@ def run_case(case, image_path, trimap_path, tile, overlap, max_size):
         raise UserError(f"unknown case {case!r}; choose whole, tile or compare")
     out["seconds"] = round(time.perf_counter() - start, 2)
     out["rss_before_mb"] = round(base)
-    out["peak_rss_mb"] = round(_status_mb("VmHWM"))
+    out["peak_rss_mb"] = round(status_mb("VmHWM"))
     out["alpha_mean"] = float(alpha.mean())
     return out
 
