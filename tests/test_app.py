@@ -2,7 +2,7 @@
 a headless Chromium (Playwright) and by gradio_client, checked against core/test.py's mattes.
 
 ``DIM_APP_SCREENSHOT=result/figures/app.png pytest tests/test_app.py`` also refreshes the
-README's screenshot of the page.
+screenshot of the page in docs/app.md.
 """
 
 import json
@@ -282,7 +282,7 @@ def wait_for_canvas(canvas, shows, timeout=60):
 
 
 def save_screenshot(shot):
-    """With DIM_APP_SCREENSHOT=path: the page at 800 px wide, a small PNG for the README."""
+    """With DIM_APP_SCREENSHOT=path: the page at 800 px wide, a small PNG for docs/app.md."""
     target = os.environ.get("DIM_APP_SCREENSHOT")
     if target:
         img = cv2.imread(str(shot))

@@ -371,7 +371,7 @@ def subprocess_runs(tmp_path_factory, ckpt):
     data_root = tmp_path_factory.mktemp("deploy")
     make_folder(data_root / "Test_set" / "comp")
     commands["deploy"] = ["bash", "deploy.sh", "--crop_or_resize", "resize", "--size_h", "32", "--size_w", "32"]
-    env = {k: v for k, v in env.items() if k not in ("CUDA", "STAGE")}  # deploy.sh's defaults, as in the README
+    env = {k: v for k, v in env.items() if k not in ("CUDA", "STAGE")}  # deploy.sh's defaults, as in docs/evaluation.md
     # deploy.sh runs $PYTHON (this interpreter); a `python` first on PATH that fails shows if it ran instead
     stub = tmp_path_factory.mktemp("stub")
     (stub / "python").write_text("#!/bin/sh\necho 'the python on PATH ran' >&2\nexit 3\n")

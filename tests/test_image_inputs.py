@@ -1,4 +1,4 @@
-"""Odd and broken image files through every entry point (README: *Image files: conventions*).
+"""Odd and broken image files through every entry point (docs/own-images.md: *Image files: conventions*).
 
 16-bit, grey, RGBA and palette files and RGB trimaps are read by the shared
 reader's rule (core/imageio.py); empty, non-image, decompression-bomb and
