@@ -230,3 +230,15 @@ def test_tiles_close_to_whole_mode_with_the_network():
 def test_bad_tile_arguments(tile, overlap):
     with pytest.raises(ValueError):
         plan_tiles(np.full((64, 64), 128, np.uint8), tile, overlap)
+
+
+def test_tiling_does_not_import_inference():
+    # core.inference builds on core.tiling (tile mode), so the reverse import would be a circle
+    import os
+    import subprocess
+    import sys
+
+    code = "import sys, core.tiling; print('core.inference' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.stdout.strip() == "False"
