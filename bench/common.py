@@ -80,7 +80,7 @@ def cpu_model():
 
 def cpu_features():
     """Which of the vector extensions that decide inference speed the CPU has, as one line."""
-    from core.precision import cpu_flags
+    from core.ops.capabilities import cpu_flags
 
     flags = cpu_flags()
     names = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX-512 BF16"), ("amx_bf16", "AMX-BF16"))

@@ -8,8 +8,8 @@ Three parts, each row of the table saying ok or FAILED (exit status 1 when any f
 * **inference**, ``whole`` mode on a synthetic 1600×1280 image (the network
   input, no resizing) with the benchmark's fixed random weights: ``fp32``
   (the lean path; channels-last on CUDA), ``fp16`` and ``bf16``
-  (``--precision``, core.precision), ``fp32 --amp`` (float16 autocast over the
-  lean path) and the reference-style forward (``DIMNet.forward_reference``,
+  (``--precision``, core.ops.reduced), ``fp32 --amp`` (float16 autocast over the
+  lean path) and the reference's operations (``model(x)``, ``core.ops.reference``,
   every intermediate kept) — seconds per image (median of 3 after a warm-up),
   peak memory (``torch.cuda.max_memory_allocated``: weights included) and the
   difference of the written 8-bit matte from the CPU float32 matte of the same
@@ -159,13 +159,13 @@ def check_inference(args, device, rows):
 
     def reference():
         with torch.inference_mode():
-            alpha = model.forward_reference(x)[0]
+            alpha = model(x)[0]  # always the reference's operations
         return to_uint8(force_known(alpha[0, 0].float().cpu().numpy(), trimap))
 
     reset_peak(device)
     seconds, matte = timed(reference, device, args.repeat, warmup=min(1, args.warmup))
     mean, mx = grey_diff(matte, cpu_matte, trimap)
-    rows.append(["infer reference", f"{setting}, forward_reference", f"{seconds:.3f} s/img", "", peak_mib(device),
+    rows.append(["infer reference", f"{setting}, reference ops", f"{seconds:.3f} s/img", "", peak_mib(device),
                  f"vs CPU fp32: {mean:.3f} / {mx}", "ok" if mean <= 1 else "FAILED"])
     report(rows)
 

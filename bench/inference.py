@@ -11,10 +11,10 @@ matte is not saturated):
 * ``reference``: ``tests/reference_impl.py`` — the reference's network
   (every intermediate kept until forward returns, out-of-place ReLU and
   additions, max-pool indices) and its deploy pre/post-processing.
-* ``fp32``: ``core.inference.predict_matte`` (``DIMNet.forward_lean``), the default.
-* ``fp32-exact``: the same with ``core.network.FAST_KERNELS`` off, every
+* ``fp32``: ``core.inference.predict_matte`` (``core.ops.lean``), the default.
+* ``fp32-exact``: the same with ``exact=True``, every
   convolution on the reference's oneDNN kernel: the matte equals the reference's bit for bit.
-* ``bf16``: ``predict_matte(..., precision="bf16")`` (``core.precision``).
+* ``bf16``: ``predict_matte(..., precision="bf16")`` (``core.ops.reduced``).
 
 Cases: ``whole`` (1920×1280 → network input 1600×1280), ``tile`` (the same
 image at full resolution in 512-pixel windows; the reference has no tile mode)
@@ -166,17 +166,14 @@ def child(args):
         from core.network import DIMNet
 
         device = setup_backend("cpu")
-        if args.child == "fp32-exact":
-            import core.network
-
-            core.network.FAST_KERNELS = False
         model = DIMNet(**arch)
         model.load_state_dict(state, strict=True)
         model.to(device).eval()
         precision = "bf16" if args.child == "bf16" else "fp32"
+        exact = args.child == "fp32-exact"
 
         def run():
-            return predict_matte(model, image, trimap, stage=stage, precision=precision, **kw)
+            return predict_matte(model, image, trimap, stage=stage, precision=precision, exact=exact, **kw)
     del state
     gc.collect()
     baseline = current_rss_mb()

@@ -20,8 +20,10 @@ import cv2
 import numpy as np
 import torch
 
-from core.precision import DTYPES, check_precision, forward_reduced
+from core.forward import forward_once
+from core.ops.capabilities import check_precision
 from core.preprocess import make_input
+from core.tiling import predict_tiles
 
 MODES = ("whole", "crop", "resize", "tile")
 
@@ -70,38 +72,6 @@ def setup_backend(device="cpu", benchmark=False, threads=None):
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = bool(benchmark)
     return device
-
-
-@torch.inference_mode()
-def forward_once(model, image_bgr, trimap, refined=None, amp=False, precision="fp32"):
-    """One forward pass on an image whose sides are multiples of 32.
-
-    ``image_bgr``: H×W×3 uint8 BGR; ``trimap``: H×W uint8. Returns the alpha,
-    float32 H×W in [0, 1]: the refined one when ``refined`` (default: the model
-    has a refinement head). ``amp``: float16 autocast on CUDA (ignored on the
-    CPU); it changes mattes by a little more than float rounding.
-    ``precision``: ``fp32`` (default) or ``bf16``/``fp16``, the reduced-precision
-    forward of ``core.precision`` (``fp16`` on CUDA only; see
-    ``core.precision.check_precision``).
-
-    ``inference_mode`` sends a ``DIMNet`` down ``forward_lean``: in-place,
-    memory-lean, channels-last on CUDA (see core/network.py).
-    """
-    if refined is None:
-        refined = use_refined(model)
-    param = next(model.parameters())
-    x = torch.from_numpy(make_input(image_bgr, trimap))[None].to(param.device)
-    cuda_amp = amp and param.device.type == "cuda"
-    if precision != "fp32":
-        alpha, refined_alpha = forward_reduced(model, x, DTYPES[precision])
-    else:
-        with torch.autocast(param.device.type, dtype=torch.float16, enabled=cuda_amp):
-            alpha, refined_alpha = model(x)
-    del x
-    out = refined_alpha if refined else alpha
-    if out is None:
-        raise ValueError("the refined alpha was asked for but the model has no refinement head")
-    return out[0, 0].float().cpu().numpy()
 
 
 def whole_size(h, w, max_size):
@@ -182,7 +152,7 @@ def predict_crop(model, image_bgr, trimap, size=(320, 320), **kw):
 
 
 def predict(model, image_bgr, trimap, mode="whole", max_size=1600, size=(320, 320), stage=None, amp=False,
-            tile_size=512, tile_overlap=64, precision="fp32"):
+            tile_size=512, tile_overlap=64, precision="fp32", exact=False):
     """Predict an alpha matte before forcing: float32 H×W in [0, 1].
 
     Args:
@@ -197,21 +167,22 @@ def predict(model, image_bgr, trimap, mode="whole", max_size=1600, size=(320, 32
         amp: autocast on CUDA (ignored on the CPU).
         tile_size, tile_overlap: window side and minimum overlap for ``tile``.
         precision: ``fp32`` (default: the exact path), ``bf16`` or ``fp16`` (CUDA only), see
-            ``core.precision``; ValueError when it cannot run on the model's device.
+            ``core.ops.reduced``; ValueError when it cannot run on the model's device.
+        exact: ``fp32`` with the exact kernel for every convolution, bit for bit ``model(x)``
+            (``core.ops.lean``; slower decoder).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if image_bgr.shape[:2] != trimap.shape:
         raise ValueError(f"image {image_bgr.shape[:2]} and trimap {trimap.shape} differ in size")
     check_precision(precision, next(model.parameters()).device)
-    kw = {"refined": use_refined(model, stage), "amp": amp, "precision": precision}
+    kw = {"refined": use_refined(model, stage), "amp": amp, "precision": precision, "exact": exact}
     h, w = trimap.shape
     if mode == "whole":
         return _through_size(model, image_bgr, trimap, *whole_size(h, w, max_size), **kw)
     if mode == "resize":
         return _through_size(model, image_bgr, trimap, size[0], size[1], **kw)
     if mode == "tile":
-        from core.tiling import predict_tiles  # core.tiling builds on this module
         return predict_tiles(model, image_bgr, trimap, tile=tile_size, overlap=tile_overlap, **kw)
     return predict_crop(model, image_bgr, trimap, size, **kw)
 

@@ -36,7 +36,7 @@ from core.data import list_images
 from core.imageio import read_gray, read_image, write_image
 from core.cutout import add_cutout_args, cutout_options, write_cutouts
 from core.inference import MODES, check_trimap, predict_matte, setup_backend, whole_size
-from core.precision import PRECISIONS, check_precision
+from core.ops.capabilities import PRECISIONS, check_precision
 from core.release import download_if_missing
 from core.tiling import check_tile_args
 from core.metrics import (compute_metrics, format_table, mean_metrics, read_alpha, read_trimap, write_metrics_csv,
@@ -279,7 +279,7 @@ def check_inference_args(args):
 
 
 def add_precision_arg(parser):
-    """``--precision``: the exact float32 path (default) or the reduced-precision forward of core.precision."""
+    """``--precision``: the exact float32 path (default) or the reduced-precision forward of core.ops.reduced."""
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="fp32 (default): the exact path; bf16 (CPU with AVX-512 BF16/AMX, or CUDA) and fp16 "
                              "(CUDA): encoder in float32, the rest in the reduced type; somewhat faster, less "

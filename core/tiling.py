@@ -5,7 +5,7 @@ memory grows with the network input; ``tile`` mode never resizes and never
 builds the full-size network input. The image is covered by tile×tile windows
 (tile a multiple of 32) that overlap by at least ``overlap`` pixels; each
 window holding an unknown trimap pixel (128) is predicted with
-:func:`core.inference.forward_once`, weighted by a raised-cosine window and
+:func:`core.forward.forward_once`, weighted by a raised-cosine window and
 accumulated into two float32 H×W buffers (weighted sum, sum of weights). Peak
 memory is the network's at tile×tile plus those buffers, whatever the image
 size.
@@ -40,7 +40,7 @@ import math
 import numpy as np
 from tqdm import tqdm
 
-from core.inference import forward_once, use_refined
+from core.forward import forward_once
 
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 64
@@ -121,7 +121,7 @@ def plan_tiles(trimap, tile=DEFAULT_TILE, overlap=DEFAULT_OVERLAP):
 
 
 def predict_tiles(model, image_bgr, trimap, tile=DEFAULT_TILE, overlap=DEFAULT_OVERLAP, refined=None, amp=False,
-                  progress=None, precision="fp32"):
+                  progress=None, precision="fp32", exact=False):
     """``tile`` mode: the alpha before forcing, float32 H×W in [0, 1].
 
     Args:
@@ -134,12 +134,10 @@ def predict_tiles(model, image_bgr, trimap, tile=DEFAULT_TILE, overlap=DEFAULT_O
         refined: report the refined alpha (default: when the model has a head).
         amp: autocast on CUDA.
         progress: tqdm bar over windows; None shows it from 16 predicted windows on.
-        precision: ``fp32``, ``bf16`` or ``fp16``, as in ``core.inference.forward_once``.
+        precision, exact: as in ``core.forward.forward_once``.
     """
     if image_bgr.shape[:2] != trimap.shape:
         raise ValueError(f"image {image_bgr.shape[:2]} and trimap {trimap.shape} differ in size")
-    if refined is None:
-        refined = use_refined(model)
     plan, skipped = plan_tiles(trimap, tile, overlap)
     h, w = trimap.shape
     logging.getLogger("dim").info(f"tile mode, {w}×{h}: {len(plan)} of {len(plan) + skipped} windows predicted "
@@ -150,7 +148,7 @@ def predict_tiles(model, image_bgr, trimap, tile=DEFAULT_TILE, overlap=DEFAULT_O
     for y, x, wy, wx in tqdm(plan, desc="tiles", unit="tile", leave=False, disable=not show):
         th, tw = wy.size, wx.size
         alpha = forward_once(model, image_bgr[y:y + th, x:x + tw], trimap[y:y + th, x:x + tw],
-                             refined=refined, amp=amp, precision=precision)
+                             refined=refined, amp=amp, precision=precision, exact=exact)
         win = wy[:, None] * wx[None, :]
         acc[y:y + th, x:x + tw] += alpha * win
         weight[y:y + th, x:x + tw] += win

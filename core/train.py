@@ -52,7 +52,7 @@ from core.inference import MODES
 from core.losses import stage_loss
 from core.metrics import format_table
 from core.network import build_model, freeze_encoder_decoder, stage_has_refine
-from core.precision import PRECISIONS
+from core.ops.capabilities import PRECISIONS
 from core.test import check_pairs, check_precision_arg, find_pairs, predict_folder
 from core.utils import UserError, dist_env, run_cli, seed_everything, select_device, setup_logging
 

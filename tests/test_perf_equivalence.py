@@ -1,4 +1,4 @@
-"""The optimised inference forward (DIMNet.forward_lean and its building blocks) against plain PyTorch.
+"""The lean inference operations (core.ops.lean and its building blocks) against plain PyTorch.
 
 * pooling offsets / unpooling against ``F.max_pool2d(return_indices=True)`` /
   ``F.max_unpool2d`` on maps full of ties, bit for bit;
@@ -22,9 +22,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from reference_impl import ReferenceDIM  # noqa: E402
 
-import core.network as network  # noqa: E402
+import core.ops.lean as network  # noqa: E402
 from core.inference import setup_backend  # noqa: E402
-from core.network import DIMNet, conv_lean, pool_with_offsets, unpool_offsets  # noqa: E402
+from core.network import DIMNet  # noqa: E402
+from core.ops import run  # noqa: E402
+from core.ops.lean import Lean, conv_lean, pool_with_offsets, unpool_offsets  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -159,7 +161,7 @@ ARCHS = [(skip, k, refine) for skip in (True, False) for k in (3, 1) for refine 
 
 
 @pytest.mark.parametrize("skip, conv6_kernel, refine", ARCHS)
-def test_lean_forward_equals_reference(monkeypatch, small_strips, skip, conv6_kernel, refine):
+def test_lean_forward_equals_reference(small_strips, skip, conv6_kernel, refine):
     model = he_init(DIMNet(refine=refine, skip=skip, conv6_kernel=conv6_kernel), seed=ARCHS.index((skip, conv6_kernel, refine)))
     ref = ReferenceDIM(stage=2 if refine else 1, skip=skip, conv6_kernel=conv6_kernel).eval()
     ref.load_state_dict(model.state_dict(), strict=True)
@@ -173,15 +175,12 @@ def test_lean_forward_equals_reference(monkeypatch, small_strips, skip, conv6_ke
         a_ref, r_ref = ref(x)
     assert torch.equal(a_grad.detach(), a_ref)
     # the fast decoder kernels: float rounding only
-    with torch.inference_mode():
-        a_fast, r_fast = model(x)
+    a_fast, r_fast = run(model, x)
     assert torch.allclose(a_fast, a_ref, atol=1e-4)
     assert 0.02 < a_ref.std()  # the test could fail: the alpha is far from constant
     # exact kernels everywhere: pooling offsets, unpooling into the skip maps, strips
     # and in-place ops change nothing at all
-    monkeypatch.setattr(network, "FAST_KERNELS", False)
-    with torch.no_grad():
-        a_exact, r_exact = model(x)
+    a_exact, r_exact = run(model, x, exact=True)
     assert torch.equal(a_exact, a_ref)
     if refine:
         assert torch.equal(r_grad.detach(), r_ref)
@@ -195,8 +194,8 @@ def test_lean_forward_batch_and_noncontiguous_input(small_strips):
     model = he_init(DIMNet(refine=True, skip=True), seed=9)
     x = torch.randn(2, 64, 96, 4, generator=torch.Generator().manual_seed(5)).permute(0, 3, 2, 1)  # N×4×96×64, strided
     with torch.no_grad():
-        ref = model.forward_reference(x)
-        lean = model(x)
+        ref = model(x)
+    lean = run(model, x)
     for a, b in zip(ref, lean):
         assert torch.allclose(a, b, atol=1e-4)
 
@@ -214,15 +213,15 @@ def test_training_path_keeps_gradients_and_inputs():
 
 def test_lean_forward_refuses_autograd():
     with pytest.raises(RuntimeError, match="no_grad"):
-        DIMNet().forward_lean(torch.zeros(1, 4, 32, 32))
+        DIMNet().walk(torch.zeros(1, 4, 32, 32), Lean)
 
 
 def test_inference_does_not_modify_the_input(small_strips):
     model = he_init(DIMNet(refine=True), seed=2)
     x = torch.randn(1, 4, 64, 64)
     before = x.clone()
-    with torch.inference_mode():
-        model(x)
+    run(model, x)
+    run(model, x, precision="bf16")
     assert torch.equal(x, before)
 
 
@@ -240,8 +239,8 @@ def test_cuda_channels_last_matches_cpu():
     model = he_init(DIMNet(refine=True, skip=True), seed=6)
     x = torch.randn(1, 4, 128, 96)
     with torch.inference_mode():
-        cpu = model.forward_reference(x)
-        gpu = model.cuda()(x.cuda())
+        cpu = model(x)
+    gpu = run(model.cuda(), x.cuda())
     for a, b in zip(cpu, gpu):
         assert torch.allclose(a, b.cpu(), atol=1e-3)  # TF32 convolutions on recent GPUs
 

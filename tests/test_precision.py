@@ -1,4 +1,4 @@
-"""--precision (core.precision) and training under --amp on the CPU."""
+"""--precision (core.ops.reduced, core.ops.capabilities) and training under --amp on the CPU."""
 
 import subprocess
 import sys
@@ -8,13 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-import core.inference
-import core.precision
+import core.ops.capabilities
+import core.ops.reduced
 from bench.inference import bench_state_dict, synthetic_pair
 from core.inference import forward_once, predict_matte
 from core.losses import stage_loss
 from core.network import DIMNet
-from core.precision import forward_reduced, native_bf16_cpu, reduced_weights, warn_if_slow_bf16
+from core.ops import run
+from core.ops.capabilities import native_bf16_cpu, warn_if_slow_bf16
+from core.ops.lean import Lean
+from core.ops.reduced import Reduced, reduced_weights
 from core.preprocess import make_input
 from tests.conftest import ROOT
 
@@ -44,8 +47,8 @@ def test_fp32_is_todays_lean_path_bit_for_bit(skip_model, pair, monkeypatch):
     image, trimap = pair
     x = torch.from_numpy(make_input(image, trimap))[None]
     with torch.inference_mode():
-        lean = skip_model.forward_lean(x)[0][0, 0].numpy()
-    monkeypatch.setattr(core.inference, "forward_reduced", None)  # fp32 must never reach the reduced path
+        lean = skip_model.walk(x, Lean)[0][0, 0].numpy()
+    monkeypatch.setattr(core.ops, "Reduced", None)  # fp32 must never reach the reduced path
     got = forward_once(skip_model, image, trimap, precision="fp32")
     assert got.dtype == np.float32 and np.array_equal(got, lean)
     assert np.array_equal(predict_matte(skip_model, image, trimap, precision="fp32"),
@@ -74,7 +77,8 @@ def test_bf16_decoder_equals_a_float32_decoder_on_bf16_weights(skip_model, pair)
     the encoder in float32, then every later layer in float32 on bfloat16-rounded weights and maps."""
     import torch.nn.functional as F
 
-    from core.network import DECODER, ENCODER_BLOCKS, pool_with_offsets, unpool_offsets
+    from core.network import DECODER, ENCODER_BLOCKS
+    from core.ops.lean import pool_with_offsets, unpool_offsets
 
     image, trimap = pair
     x = torch.from_numpy(make_input(image, trimap))[None]
@@ -84,7 +88,7 @@ def test_bf16_decoder_equals_a_float32_decoder_on_bf16_weights(skip_model, pair)
         return t.bfloat16().float()
 
     with torch.inference_mode():
-        # channels-last, as forward_reduced runs the encoder: the same kernels pick the same maxima
+        # channels-last, as the reduced pass runs the encoder: the same kernels pick the same maxima
         h, skips, offsets = x.contiguous(memory_format=torch.channels_last), [], []
         for block in ENCODER_BLOCKS:
             for name, _, _ in block:
@@ -101,7 +105,7 @@ def test_bf16_decoder_equals_a_float32_decoder_on_bf16_weights(skip_model, pair)
             c = getattr(m, name)
             h = rounded(F.relu(F.conv2d(h, rounded(c.weight), rounded(c.bias), padding=c.padding)))
         want = torch.sigmoid(F.conv2d(h, rounded(m.deconv1.weight), rounded(m.deconv1.bias), padding=2))
-        got, refined = forward_reduced(m, x)
+        got, refined = m.walk(x, Reduced)
     assert refined is None and got.dtype == torch.float32
     assert torch.allclose(got, want, atol=0.02)
     assert (got - want).abs().mean() < 2e-3
@@ -109,18 +113,24 @@ def test_bf16_decoder_equals_a_float32_decoder_on_bf16_weights(skip_model, pair)
 
 def test_weights_are_converted_once_and_again_after_a_change(skip_model):
     model = bench_model("skip")
+    x = torch.zeros(1, 4, 32, 32)
+    run(model, x, precision="bf16")
     first = reduced_weights(model, torch.bfloat16)
     assert reduced_weights(model, torch.bfloat16) is first
     assert first["deconv1_1"][0].dtype == torch.bfloat16 and "conv1_1" not in first  # encoder stays float32
+    kept = first["deconv1_1"][0]
+    run(model, x, precision="bf16")
+    assert reduced_weights(model, torch.bfloat16)["deconv1_1"][0] is kept  # not converted again
     with torch.no_grad():
         model.deconv1_1.weight.mul_(2)
     again = reduced_weights(model, torch.bfloat16)
-    assert again is not first
-    assert torch.equal(again["deconv1_1"][0], first["deconv1_1"][0] * 2)
+    assert again is not first and again == {}
+    run(model, x, precision="bf16")
+    assert torch.equal(again["deconv1_1"][0], kept * 2)
 
 
 def test_slow_bf16_warns_once():
-    core.precision._warned_slow = False
+    core.ops.capabilities._warned_slow = False
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert warn_if_slow_bf16(flags={"avx2", "avx512f"}) is True
@@ -147,7 +157,7 @@ def test_fp16_on_the_cpu_is_refused_in_one_line(tmp_path):
     assert len(lines) == 1 and "--precision fp16 needs a CUDA GPU" in lines[0] and "--precision bf16" in lines[0]
     assert not out.exists()
     with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
-        core.precision.check_precision("fp16", "cpu")
+        core.ops.capabilities.check_precision("fp16", "cpu")
 
 
 def test_losses_stay_float32_under_bf16_autocast():
@@ -216,6 +226,6 @@ def test_fused_conv_relu_equals_conv_then_relu():
     b = torch.randn(16, generator=g)
     with torch.inference_mode():
         for dtype in (torch.float32, torch.bfloat16):
-            got = core.precision._conv(x.to(dtype), w.to(dtype), b.to(dtype))
+            got = core.ops.reduced._conv(x.to(dtype), w.to(dtype), b.to(dtype))
             want = torch.nn.functional.conv2d(x.to(dtype), w.to(dtype), b.to(dtype), padding=1).relu_()
             assert got.dtype == dtype and torch.equal(got, want)

@@ -41,10 +41,11 @@ difference of the written matte in grey levels (ONNX needs onnxruntime;
   The input-size check of ``DIMNet.forward`` is not traced: the exported
   module does not reject sizes that are not multiples of 32 by itself.
 
-Both trace the network with autograd on, i.e. ``DIMNet``'s reference
-operations (``max_pool2d`` indices, ``max_unpool2d``, out-of-place ReLU);
-its inference-only path overwrites tensors in place, which the exporters
-turn into graphs that only run at the traced batch size.
+Both trace ``DIMNet.walk`` with the reference's operations
+(``core.ops.reference``: ``max_pool2d`` indices, ``max_unpool2d``, out-of-place
+ReLU), named explicitly; the lean inference operations overwrite tensors in
+place, which the exporters turn into graphs that only run at the traced batch
+size.
 """
 
 import os
@@ -69,6 +70,7 @@ import torch.nn.functional as F
 from core.checkpoint import load_model
 from core.imageio import atomic_path, read_gray, read_image
 from core.inference import finish_matte, predict_matte, use_refined, whole_input
+from core.ops.reference import Reference
 from core.release import download_if_missing
 from core.utils import UserError, run_cli
 from tools.make_synthetic import make_example
@@ -82,7 +84,8 @@ CHECK_SIZE = (480, 640)  # the self-check's synthetic example, height × width
 
 
 class AlphaOnly(torch.nn.Module):
-    """``DIMNet`` → one output: the alpha (``refined=False``) or the refined alpha, N×1×H×W."""
+    """``DIMNet`` → one output: the alpha (``refined=False``) or the refined alpha, N×1×H×W, through the
+    reference's operations."""
 
     def __init__(self, model, refined):
         super().__init__()
@@ -90,7 +93,7 @@ class AlphaOnly(torch.nn.Module):
         self.index = 1 if refined else 0
 
     def forward(self, x):
-        return self.model(x)[self.index]
+        return self.model.walk(x, Reference)[self.index]
 
 
 @contextlib.contextmanager
@@ -119,7 +122,7 @@ def export_torchscript(module, sample, path, meta=None):
     """Trace ``module`` on ``sample`` (N×4×H×W) and save it atomically to ``path``.
 
     ``meta``: a JSON-able dict stored in the file as ``extra/dim_export.json`` (see :func:`export_meta`)."""
-    with torch.enable_grad(), traceable_unpool(), warnings.catch_warnings():  # reference path: see the module docstring
+    with traceable_unpool(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation and "trace might not generalize" (the input check)
         # check_trace re-traces and compares constants; max_unpool2d's size arithmetic trips it
         # although the graph is right (the tests compare outputs at other sizes).
@@ -144,7 +147,7 @@ def export_onnx(module, sample, path, opset=DEFAULT_OPSET, meta=None):
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        with torch.enable_grad(), warnings.catch_warnings():  # reference path: see the module docstring
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(module, (sample,), dynamo=True, opset_version=opset, input_names=["x"],
                                         output_names=["alpha"],
