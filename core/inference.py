@@ -22,6 +22,7 @@ import torch
 
 from core.precision import DTYPES, check_precision, forward_reduced
 from core.preprocess import make_input
+from core.stages import has_refine
 
 MODES = ("whole", "crop", "resize", "tile")
 
@@ -43,10 +44,11 @@ def check_trimap(trimap, name="trimap"):
 
 
 def use_refined(model, stage=None):
-    """Stages 0/1 report the encoder-decoder alpha, stages 2/3 the refined one."""
+    """Whether the refined alpha is reported: for ``stage`` as :data:`core.stages.STAGES` says, else
+    when ``model`` has a refinement head."""
     if stage is None:
         return bool(getattr(model, "refine", False))
-    return stage >= 2
+    return has_refine(stage)
 
 
 def setup_backend(device="cpu", benchmark=False, threads=None):

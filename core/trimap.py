@@ -1,12 +1,16 @@
-"""Trimaps (0/128/255) from masks: the fixed-width unknown band.
+"""Trimaps (0/128/255): from masks (the fixed-width band), from training alphas (SPEC §6), and a photo's subject.
 
-The rule (``tools/gen_trimap.py --mode band``, the demo's automatic trimaps),
+The band rule (``tools/gen_trimap.py --mode band``, the demo's automatic trimaps),
 with t = ``tol``: definitely foreground where the mask is ≥ 255·(1 − t),
 definitely background where it is ≤ 255·t (``binary``: > 127 / ≤ 127);
 trimap = 255 where the foreground, eroded by a disc of radius w, remains, 0
 where the background, eroded by the same disc, remains, 128 elsewhere. So the
 unknown band reaches w pixels to each side of the edge and also covers every
 soft value between the thresholds.
+
+The training rule (:func:`trimap_from_alpha`, drawn by :func:`random_trimap`)
+dilates and erodes the alpha itself; :func:`photo_mask` decides which subject
+a photo without a trimap gets, for the demo and the page alike.
 """
 
 import math
@@ -19,6 +23,9 @@ from core.utils import UserError
 
 DEFAULT_WIDTH_FRAC = 0.01
 DEFAULT_TOL = 0.02
+# The training trimap's draws (SPEC §6 step 6): elliptic kernel size and erosion/dilation iterations.
+TRIMAP_KERNEL_SIZES = (2, 3, 4)
+TRIMAP_ITERATIONS = tuple(range(5, 15))
 
 
 def read_mask(path):
@@ -112,3 +119,38 @@ def photo_trimap(image_path, mask_path=None, segmenter=None, width=None, width_f
     mask, source = photo_mask(image_path, mask_path, segmenter)
     width = width if width is not None else width_from_frac(mask.shape, width_frac)
     return trimap_from_mask(mask, width, name=f"{image_path} (subject from {source})"), source
+
+
+# --------------------------------------------------------------------------- #
+# The training rule (SPEC §6 step 6): training samples, tools/gen_trimap.py's
+# default mode and tools/make_synthetic.py's test trimaps
+# --------------------------------------------------------------------------- #
+def draw_trimap_params(rng):
+    """Step 6's draws: (kernel size from {2, 3, 4}, iterations from 5..14)."""
+    kernel_size = int(rng.choice(TRIMAP_KERNEL_SIZES))
+    iterations = int(rng.choice(TRIMAP_ITERATIONS))
+    return kernel_size, iterations
+
+
+def trimap_from_alpha(alpha, kernel_size, iterations):
+    """Trimap uint8 H×W (0/128/255) from alpha uint8 H×W.
+
+    The alpha is dilated and eroded ``iterations`` times with an elliptic
+    ``kernel_size``² structuring element (OpenCV's, default anchor and
+    border); 255 where the eroded alpha is 255, 0 where the dilated alpha is
+    0, 128 elsewhere.
+    """
+    if alpha.ndim != 2 or alpha.dtype != np.uint8:
+        raise ValueError(f"alpha must be uint8 H×W, got {alpha.dtype} {alpha.shape}")
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kernel_size, kernel_size))
+    dilated = cv2.dilate(alpha, kernel, iterations=iterations)
+    eroded = cv2.erode(alpha, kernel, iterations=iterations)
+    trimap = np.full(alpha.shape, 128, dtype=np.uint8)
+    trimap[eroded >= 255] = 255
+    trimap[dilated <= 0] = 0
+    return trimap
+
+
+def random_trimap(alpha, rng):
+    """Step 6: :func:`trimap_from_alpha` with :func:`draw_trimap_params`."""
+    return trimap_from_alpha(alpha, *draw_trimap_params(rng))
