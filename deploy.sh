@@ -34,19 +34,10 @@ for sub in image trimap alpha; do
     fi
 done
 
+# The device rule (CUDA unset/1/0) is core.utils.script_device's: it says its choice on stderr, prints --cuda for the GPU.
 DEVICE_FLAG=()
-gpu_visible() { "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; }
-case "$CUDA" in
-    "") if gpu_visible; then DEVICE_FLAG=(--cuda); echo "deploy.sh: testing on the GPU (torch sees one; CUDA=0 for the CPU)" >&2
-        else echo "deploy.sh: testing on the CPU (torch sees no GPU)" >&2; fi ;;
-    1) if ! gpu_visible; then
-           echo "error: CUDA=1 but torch sees no CUDA device: leave CUDA unset or set CUDA=0 to run on the CPU" >&2
-           exit 2
-       fi
-       DEVICE_FLAG=(--cuda); echo "deploy.sh: testing on the GPU (CUDA=1)" >&2 ;;
-    0) echo "deploy.sh: testing on the CPU (CUDA=0)" >&2 ;;
-    *) echo "error: CUDA must be 1 (GPU) or 0 (CPU), got '$CUDA'" >&2; exit 2 ;;
-esac
+device_flag="$(PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m core.utils device deploy.sh testing "$CUDA")" || exit 2
+if [ -n "$device_flag" ]; then DEVICE_FLAG=("$device_flag"); fi
 
 exec "$PYTHON" "$REPO/core/test.py" \
     --imgDir "$COMP/image" --trimapDir "$COMP/trimap" --alphaDir "$COMP/alpha" \

@@ -101,18 +101,9 @@ if [ -n "$PRETRAIN" ]; then
     fi
     args+=(--pretrain="$PRETRAIN")
 fi
-gpu_visible() { "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; }
-case "$CUDA" in
-    "") if gpu_visible; then args+=(--cuda); echo "train.sh: training on the GPU (torch sees one; CUDA=0 for the CPU)" >&2
-        else echo "train.sh: training on the CPU (torch sees no GPU)" >&2; fi ;;
-    1) if ! gpu_visible; then
-           echo "train.sh: CUDA=1 but torch sees no CUDA device: leave CUDA unset or set CUDA=0 to train on the CPU" >&2
-           exit 2
-       fi
-       args+=(--cuda); echo "train.sh: training on the GPU (CUDA=1)" >&2 ;;
-    0) echo "train.sh: training on the CPU (CUDA=0)" >&2 ;;
-    *) echo "train.sh: CUDA must be 1 (GPU) or 0 (CPU), not '$CUDA'" >&2; exit 2 ;;
-esac
+# The device rule (CUDA unset/1/0) is core.utils.script_device's: it says its choice on stderr, prints --cuda for the GPU.
+device_flag="$(PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m core.utils device train.sh training "$CUDA")" || exit 2
+if [ -n "$device_flag" ]; then args+=("$device_flag"); fi
 if [ -d "$TEST_DIR/image" ]; then
     args+=(--testFreq=1 --testImgDir="$TEST_DIR/image" --testTrimapDir="$TEST_DIR/trimap"
            --testAlphaDir="$TEST_DIR/alpha" --crop_or_resize=whole --max_size=1600)

@@ -119,7 +119,7 @@ def grey_diff(a, b, trimap):
 def check_inference(args, device, rows):
     import torch
 
-    from core.inference import force_known, predict_matte, setup_backend, to_uint8
+    from core.inference import force_known, predict_matte, setup_backend, truncate_to_uint8
     from core.network import DIMNet
     from core.preprocess import make_input
 
@@ -160,7 +160,7 @@ def check_inference(args, device, rows):
     def reference():
         with torch.inference_mode():
             alpha = model(x)[0]  # always the reference's operations
-        return to_uint8(force_known(alpha[0, 0].float().cpu().numpy(), trimap))
+        return truncate_to_uint8(force_known(alpha[0, 0].float().cpu().numpy(), trimap))
 
     reset_peak(device)
     seconds, matte = timed(reference, device, args.repeat, warmup=min(1, args.warmup))

@@ -20,6 +20,7 @@ import pickle
 import struct
 import warnings
 import zipfile
+from collections import namedtuple
 
 import numpy as np
 import torch
@@ -27,18 +28,21 @@ import torch
 from core.imageio import write_bytes_atomic
 from core.legacy_pickle import ForbiddenGlobal, is_legacy_file, load_legacy
 from core.network import ENCODER_NAMES, DIMNet
+from core.stages import has_refine
 from core.utils import UserError
 
 FORMAT_VERSION = 1
 
-# Released files (SPEC §3) → whether they were trained with skip connections.
-RELEASED_SKIP = {
-    "stage1_skip_sad_52.9.pth": True,
-    "stage1_sad_54.4.pth": False,
-    "stage1_sad_57.1.pth": False,
-    "stage2_norm_balance_sad_57.9.pth": False,
-    "stage1_norm_balance_sad_58.7.pth": False,
-    "stage0_norm_balance_sad_62.0.pth": False,
+Release = namedtuple("Release", "stage skip conv6_kernel sad tag")
+# The released files (SPEC §3): training stage, skip connections, conv6 kernel, Composition-1k SAD, and
+# the release (git tag) of the reference repository they are attached to (core.release downloads them).
+RELEASES = {
+    "stage1_skip_sad_52.9.pth": Release(1, True, 3, 52.99, "V1.5"),
+    "stage1_sad_54.4.pth": Release(1, False, 3, 54.42, "v1.4"),
+    "stage1_sad_57.1.pth": Release(1, False, 1, 57.1, "v1.3"),
+    "stage2_norm_balance_sad_57.9.pth": Release(2, False, 1, 57.7, "v1.2"),
+    "stage1_norm_balance_sad_58.7.pth": Release(1, False, 1, 58.7, "v1.2"),
+    "stage0_norm_balance_sad_62.0.pth": Release(0, False, 1, 62.0, "v1.2"),
 }
 # Older releases whose input handling differed from this code (SPEC §3).
 UNSUPPORTED_RELEASES = ("stage0_norm_e12_sad_69.1.pth", "my_stage0_sad_72.9.pth")
@@ -178,8 +182,8 @@ def trained_skip(ckpt, path):
     if isinstance(ckpt.get("arch"), dict) and "skip" in ckpt["arch"]:
         return bool(ckpt["arch"]["skip"]), "checkpoint metadata"
     name = os.path.basename(path)
-    if name in RELEASED_SKIP:
-        return RELEASED_SKIP[name], "release file name"
+    if name in RELEASES:
+        return RELEASES[name].skip, "release file name"
     return None
 
 
@@ -236,14 +240,7 @@ def load_model(path, stage=None, skip=None, device="cpu", stage_flag="--stage {}
     ckpt = read_checkpoint(path)
     arch, source = arch_from_checkpoint(ckpt, path, skip)
     if stage is not None:
-        want_refine = stage >= 2
-        if want_refine and not arch["refine"]:
-            raise UserError(f"{path}: {stage_flag.format(stage)} needs a refinement head, but the file has no "
-                            f"refine_* weights (a stage 0/1 model): use {stage_flag.format(1)}, or train stage 2 "
-                            "from it with --pretrain")
-        if not want_refine and arch["refine"]:
-            raise UserError(f"{path}: the file holds a refinement head (refine_* weights, a stage 2/3 model) "
-                            f"that {stage_flag.format(stage)} would ignore: use {stage_flag.format(2)} or 3")
+        check_stage(path, arch["refine"], stage, stage_flag)
     model = DIMNet(**arch)
     check_state_dict(model, ckpt["state_dict"], path)
     model.load_state_dict(ckpt["state_dict"], strict=True)
@@ -251,6 +248,40 @@ def load_model(path, stage=None, skip=None, device="cpu", stage_flag="--stage {}
     info = {"arch": arch, "skip_source": source, "epoch": ckpt.get("epoch"), "best_sad": ckpt.get("best_sad"),
             "stage": (ckpt.get("config") or {}).get("stage")}
     return model, info
+
+
+def check_stage(path, has_head, stage, stage_flag="--stage {}"):
+    """Refuse (:class:`UserError`) a file with(out) a refinement head for a ``stage`` without (with) one.
+
+    ``has_head``: the file holds ``refine_*`` weights; ``stage_flag``: how the
+    user set the stage, for the message. Loading and resuming both ask here.
+    """
+    want = has_refine(stage)
+    if want and not has_head:
+        raise UserError(f"{path}: {stage_flag.format(stage)} needs a refinement head, but the file has no "
+                        f"refine_* weights (a stage 0/1 model): use {stage_flag.format(1)}, or train stage 2 "
+                        "from it with --pretrain")
+    if has_head and not want:
+        raise UserError(f"{path}: the file holds a refinement head (refine_* weights, a stage 2/3 model) "
+                        f"that {stage_flag.format(stage)} would ignore: use {stage_flag.format(2)} or 3")
+
+
+def check_resume(model, ckpt, path, stage, skip):
+    """Refuse (:class:`UserError`) to resume ``model`` (built for ``stage``, ``skip``) from ``ckpt``.
+
+    The file must have a refinement head exactly when the stage does, the
+    skip setting it says it was trained with (:func:`trained_skip`), every
+    weight of ``model`` in the right shape, and a stored epoch.
+    """
+    state = ckpt["state_dict"]
+    check_stage(path, any(k.startswith("refine_") for k in state), stage)
+    said = trained_skip(ckpt, path)
+    if said is not None and said[0] != skip:
+        raise UserError(f"{path} was trained {'with' if said[0] else 'without'} skip connections ({said[1]}): "
+                        f"resume with {'--skip' if said[0] else '--no_skip'}")
+    check_state_dict(model, state, path)
+    if ckpt.get("epoch") is None:
+        raise UserError(f"{path}: no epoch stored (a bare state dict?): start from it with --pretrain instead")
 
 
 def _list(keys, limit=6):
@@ -321,10 +352,11 @@ def save_checkpoint(path, model, epoch, best_sad, optimizer=None, config=None, t
 def pretrain_misfits(net, ckpt, path):
     """One-line problems that make ``ckpt`` a wrong start for ``net`` (empty when it fits).
 
-    Names the tensors whose shapes differ and the likely cause, and a skip
-    setting that differs from what the file says it was trained with.
-    Missing tensors are not a problem here (the decoder of the converted
-    VGG-16 is meant to stay random).
+    Names the tensors whose shapes differ and the likely cause, a skip
+    setting that differs from what the file says it was trained with, and
+    encoder tensors (``conv1_1`` … ``conv5_3``) the file lacks (STYLE §8: the
+    encoder is what a start must provide). Other missing tensors are not a
+    problem (the decoder of the converted VGG-16 is meant to stay random).
     """
     state, own = ckpt["state_dict"], net.state_dict()
     problems = []
@@ -345,6 +377,10 @@ def pretrain_misfits(net, ckpt, path):
         problems.append(f"it was trained {'with' if said[0] else 'without'} skip connections ({said[1]}) but the "
                         f"network being built has {'them' if net.skip else 'none'}: pass "
                         f"{'--skip' if said[0] else '--no_skip'}")
+    missing = [k for k in own if k.rsplit(".", 1)[0] in ENCODER_NAMES and k not in state]
+    if missing:
+        problems.append(f"{len(missing)} encoder tensor(s) of the network are not in the file: {_list(missing, 3)} "
+                        "(they would keep their random initialisation)")
     return problems
 
 

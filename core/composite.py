@@ -106,7 +106,7 @@ def fit_background_adobe(bg_rgb, h, w):
     return bg_rgb[:h, :w]
 
 
-def to_uint8(x):
+def round_to_uint8(x):
     """Float → uint8 as OpenCV writes a float image: round half to even, then saturate to 0..255."""
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
@@ -125,9 +125,9 @@ def blend_reference(fg, bg, alpha):
 
 
 def composite_reference(fg, bg, alpha):
-    """The reference composite as the 8-bit PNG it writes: :func:`to_uint8` of
+    """The reference composite as the 8-bit PNG it writes: :func:`round_to_uint8` of
     :func:`blend_reference` (same arguments); uint8 H×W×C, colour order of the inputs."""
-    return to_uint8(blend_reference(fg, bg, alpha))
+    return round_to_uint8(blend_reference(fg, bg, alpha))
 
 
 def composite_adobe(fg, bg, alpha):

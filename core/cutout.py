@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from core.imageio import read_image, write_image
-from core.inference import to_uint8
+from core.inference import truncate_to_uint8
 from core.utils import UserError
 
 BACKENDS = ("auto", "pymatting", "numpy")
@@ -173,12 +173,12 @@ def make_rgba(fg, alpha):
     """uint8 H×W×4 BGRA (what cv2.imwrite stores as an RGBA PNG).
 
     Colours are round(F·255); the alpha channel is the matte as the project
-    writes it (``core.inference.to_uint8``: α·255 truncated), so it equals the
+    writes it (``core.inference.truncate_to_uint8``: α·255 truncated), so it equals the
     saved matte file.
     """
     alpha = as_alpha(alpha)
     colour = np.rint(np.clip(fg, 0, 1) * 255).astype(np.uint8)
-    return np.dstack([colour, to_uint8(alpha)])
+    return np.dstack([colour, truncate_to_uint8(alpha)])
 
 
 def parse_colour(spec):

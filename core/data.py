@@ -30,6 +30,7 @@ import torch
 
 from core.imageio import read_gray, read_image
 from core.preprocess import make_input
+from core.trimap import random_trimap
 from core.utils import UserError, preview
 from core.composite import (composite_reference, fit_background_reference, make_composite, plan_set,
                              read_fg_alpha, set_layout)
@@ -37,8 +38,6 @@ from core.composite import (composite_reference, fit_background_reference, make_
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DEFAULT_CROP_SIZES = ((320, 320), (480, 480), (640, 640))  # --crop_h/--crop_w 320,480,640
 DEFAULT_SIZE = (320, 320)  # --size_h/--size_w
-TRIMAP_KERNEL_SIZES = (2, 3, 4)
-TRIMAP_ITERATIONS = tuple(range(5, 15))
 
 
 # ---------------------------------------------------------------- files
@@ -212,37 +211,6 @@ def resize_to(images, size):
     h, w = size
     return [img if img.shape[:2] == (h, w) else cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
             for img in images]
-
-
-def draw_trimap_params(rng):
-    """Step 6's draws: (kernel size from {2, 3, 4}, iterations from 5..14)."""
-    kernel_size = int(rng.choice(TRIMAP_KERNEL_SIZES))
-    iterations = int(rng.choice(TRIMAP_ITERATIONS))
-    return kernel_size, iterations
-
-
-def trimap_from_alpha(alpha, kernel_size, iterations):
-    """Trimap uint8 H×W (0/128/255) from alpha uint8 H×W.
-
-    The alpha is dilated and eroded ``iterations`` times with an elliptic
-    ``kernel_size``² structuring element (OpenCV's, default anchor and
-    border); 255 where the eroded alpha is 255, 0 where the dilated alpha is
-    0, 128 elsewhere.
-    """
-    if alpha.ndim != 2 or alpha.dtype != np.uint8:
-        raise ValueError(f"alpha must be uint8 H×W, got {alpha.dtype} {alpha.shape}")
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kernel_size, kernel_size))
-    dilated = cv2.dilate(alpha, kernel, iterations=iterations)
-    eroded = cv2.erode(alpha, kernel, iterations=iterations)
-    trimap = np.full(alpha.shape, 128, dtype=np.uint8)
-    trimap[eroded >= 255] = 255
-    trimap[dilated <= 0] = 0
-    return trimap
-
-
-def random_trimap(alpha, rng):
-    """Step 6: :func:`trimap_from_alpha` with :func:`draw_trimap_params`."""
-    return trimap_from_alpha(alpha, *draw_trimap_params(rng))
 
 
 def make_item(image, fg, bg, alpha, trimap, name):

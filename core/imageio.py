@@ -28,7 +28,7 @@ def read_image(path):
     (``v >> 8``, OpenCV's conversion). Anything unreadable is a one-line
     :class:`UserError` naming the file (see :func:`decode`).
     """
-    return to_uint8(decode(path, cv2.IMREAD_COLOR), path)
+    return high_byte_to_uint8(decode(path, cv2.IMREAD_COLOR), path)
 
 
 def read_gray(path):
@@ -45,10 +45,10 @@ def read_unchanged(path):
 
     16-bit files keep their high byte, like :func:`read_image`.
     """
-    return to_uint8(decode(path, cv2.IMREAD_UNCHANGED), path)
+    return high_byte_to_uint8(decode(path, cv2.IMREAD_UNCHANGED), path)
 
 
-def to_uint8(img, path):
+def high_byte_to_uint8(img, path):
     """uint8 as is; uint16 → its high byte (``v >> 8``); any other sample type is a UserError."""
     if img.dtype == np.uint8:
         return img
@@ -126,7 +126,7 @@ def decode(path, flags=cv2.IMREAD_UNCHANGED):
 
     Missing, empty, oversized (:func:`check_image_file`), corrupt or
     non-image files are refused; the sample type is returned as decoded
-    (uint8, uint16, …), for callers with their own rule (:func:`to_uint8`, the metrics).
+    (uint8, uint16, …), for callers with their own rule (:func:`high_byte_to_uint8`, the metrics).
     """
     path = check_image_file(path)
     try:

@@ -23,6 +23,7 @@ import torch
 from core.forward import forward_once
 from core.ops.capabilities import check_precision
 from core.preprocess import make_input
+from core.stages import has_refine
 from core.tiling import predict_tiles
 
 MODES = ("whole", "crop", "resize", "tile")
@@ -45,10 +46,11 @@ def check_trimap(trimap, name="trimap"):
 
 
 def use_refined(model, stage=None):
-    """Stages 0/1 report the encoder-decoder alpha, stages 2/3 the refined one."""
+    """Whether the refined alpha is reported: for ``stage`` as :data:`core.stages.STAGES` says, else
+    when ``model`` has a refinement head."""
     if stage is None:
         return bool(getattr(model, "refine", False))
-    return stage >= 2
+    return has_refine(stage)
 
 
 def setup_backend(device="cpu", benchmark=False, threads=None):
@@ -119,11 +121,11 @@ def finish_matte(alpha, trimap):
     """An exported model's alpha (H'×W' or 1×1×H'×W' float) → the 8-bit matte ``core/test.py`` writes.
 
     Resized bilinearly back to the trimap's H×W, forced where the trimap is 0 or
-    255 (:func:`force_known`), ``alpha·255`` truncated (:func:`to_uint8`).
+    255 (:func:`force_known`), ``alpha·255`` truncated (:func:`truncate_to_uint8`).
     """
     alpha = np.asarray(alpha, np.float32).reshape(np.shape(alpha)[-2:])
     h, w = trimap.shape
-    return to_uint8(force_known(cv2.resize(alpha, (w, h), interpolation=cv2.INTER_LINEAR), trimap))
+    return truncate_to_uint8(force_known(cv2.resize(alpha, (w, h), interpolation=cv2.INTER_LINEAR), trimap))
 
 
 def predict_crop(model, image_bgr, trimap, size=(320, 320), **kw):
@@ -195,11 +197,11 @@ def force_known(alpha, trimap):
     return alpha
 
 
-def to_uint8(alpha):
+def truncate_to_uint8(alpha):
     """The saved matte: ``alpha * 255`` truncated to uint8, as the reference writes it."""
     return (alpha * np.float32(255)).astype(np.uint8)
 
 
 def predict_matte(model, image_bgr, trimap, **kw):
-    """``predict`` + ``force_known`` + ``to_uint8``: the 8-bit matte that is written to disk."""
-    return to_uint8(force_known(predict(model, image_bgr, trimap, **kw), trimap))
+    """``predict`` + ``force_known`` + ``truncate_to_uint8``: the 8-bit matte that is written to disk."""
+    return truncate_to_uint8(force_known(predict(model, image_bgr, trimap, **kw), trimap))

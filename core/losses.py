@@ -22,10 +22,11 @@ input tensors, results are 0-d tensors on the inputs' device that carry autograd
 
 import torch
 
+from core.stages import stage_info
+
 EPS2 = 1e-12
 DENOM_OFFSET = 1.0
 UNKNOWN = 128
-STAGES = (0, 1, 2, 3)
 
 
 def unknown_mask(trimap, dtype=torch.float32):
@@ -88,23 +89,21 @@ def stage_loss(stage, alpha_pred, refined_pred, batch, wl_weight=0.5):
         ``stage2``, ``alpha``, ``comp``. Predictions are computed on in float32
         (AMP-safe: ε² = 1e-12 vanishes in float16).
     """
-    if stage not in STAGES:
-        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    terms = stage_info(stage).terms  # ValueError for an unknown stage
     alpha, trimap = batch["alpha"], batch["trimap"]
-    if stage == 0:
+    if "simple" in terms:
         return {"loss": simple_alpha_loss(alpha_pred.float(), alpha, trimap)}
-    terms = {}
-    if stage in (1, 3):
+    out, total = {}, 0
+    if "comp" in terms:
         p = alpha_pred.float()
-        terms["alpha"] = alpha_loss(p, alpha, trimap)
-        terms["comp"] = composition_loss(p, batch["fg"], batch["bg"], batch["image"], trimap)
-        stage1 = wl_weight * terms["alpha"] + (1.0 - wl_weight) * terms["comp"]
-    if stage in (2, 3):
+        a = alpha_loss(p, alpha, trimap)
+        c = composition_loss(p, batch["fg"], batch["bg"], batch["image"], trimap)
+        out, total = {"alpha": a, "comp": c}, wl_weight * a + (1.0 - wl_weight) * c
+    if "refined" in terms:
         if refined_pred is None:
             raise ValueError(f"stage {stage} needs the refined alpha, but the model has no refinement head")
         stage2 = alpha_loss(refined_pred.float(), alpha, trimap)
-    if stage == 1:
-        return {"loss": stage1, **terms}
-    if stage == 2:
-        return {"loss": stage2}
-    return {"loss": stage1 + stage2, "stage1": stage1, "stage2": stage2, **terms}
+        if not out:
+            return {"loss": stage2}
+        return {"loss": total + stage2, "stage1": total, "stage2": stage2, **out}
+    return {"loss": total, **out}

@@ -16,6 +16,8 @@ import torch.nn as nn
 
 from core.ops.reference import Reference
 
+from core.stages import has_refine
+
 # (name, in, out) for the encoder convolutions, in order; a max-pool follows
 # the last conv of each block.
 ENCODER_BLOCKS = (
@@ -124,16 +126,10 @@ class DIMNet(nn.Module):
         return alpha, op.refined(raw, pred)
 
 
-def stage_has_refine(stage):
-    """Stages 0 and 1 train the encoder-decoder only; 2 and 3 add the refinement head."""
-    if stage not in (0, 1, 2, 3):
-        raise ValueError(f"stage must be 0, 1, 2 or 3, got {stage}")
-    return stage >= 2
-
-
 def build_model(stage=1, skip=True, conv6_kernel=3):
-    """The network for a training/inference ``stage`` (0–3, SPEC §7)."""
-    return DIMNet(refine=stage_has_refine(stage), skip=skip, conv6_kernel=conv6_kernel)
+    """The network for a training/inference ``stage`` (0–3, SPEC §7): with a refinement head as
+    :data:`core.stages.STAGES` says."""
+    return DIMNet(refine=has_refine(stage), skip=skip, conv6_kernel=conv6_kernel)
 
 
 def freeze_encoder_decoder(model):

@@ -17,32 +17,23 @@ import urllib.error
 
 import torch
 
-from core.checkpoint import RELEASED_SKIP, load_model
+from core.checkpoint import RELEASES, load_model
 from core.imageio import atomic_path
 from core.utils import UserError
 
 DEFAULT_BASE = "https://github.com/huochaitiantang/pytorch-deep-image-matting/releases/download"
-# Released file → the release (git tag) it is attached to.
-RELEASE_TAGS = {
-    "stage1_skip_sad_52.9.pth": "V1.5",
-    "stage1_sad_54.4.pth": "v1.4",
-    "stage1_sad_57.1.pth": "v1.3",
-    "stage2_norm_balance_sad_57.9.pth": "v1.2",
-    "stage1_norm_balance_sad_58.7.pth": "v1.2",
-    "stage0_norm_balance_sad_62.0.pth": "v1.2",
-}
 LICENSE_NOTE = "the released weights are licensed for non-commercial use only"
 
 
 def is_release(path):
     """Whether the file name of ``path`` is one of the supported releases."""
-    return os.path.basename(os.fspath(path)) in RELEASE_TAGS
+    return os.path.basename(os.fspath(path)) in RELEASES
 
 
 def release_url(name):
-    """Where the release ``name`` (a file name of :data:`RELEASE_TAGS`) is downloaded from."""
+    """Where the release ``name`` (a file name of :data:`core.checkpoint.RELEASES`) is downloaded from."""
     base = os.environ.get("DIM_RELEASES_URL") or DEFAULT_BASE
-    return f"{base.rstrip('/')}/{RELEASE_TAGS[name]}/{name}"
+    return f"{base.rstrip('/')}/{RELEASES[name].tag}/{name}"
 
 
 def _first_line(exc):
@@ -53,12 +44,15 @@ def _first_line(exc):
 
 
 def verify_release(path, name):
-    """Load ``path`` as the release ``name``: safe loader, the stage and skip setting its name implies.
+    """Load ``path`` as the release ``name``: safe loader, the stage, skip and conv6 kernel of its row.
 
     Raises :class:`UserError` (naming ``path``) when it does not load or fit.
     """
-    stage = int(name[len("stage")])  # "stage1_…" → 1: stages 2/3 need a refinement head, 0/1 refuse one
-    load_model(path, stage=stage, skip=RELEASED_SKIP[name])
+    row = RELEASES[name]
+    _, info = load_model(path, stage=row.stage, skip=row.skip)
+    if info["arch"]["conv6_kernel"] != row.conv6_kernel:
+        raise UserError(f"{path}: conv6 kernel {info['arch']['conv6_kernel']}, but the release {name} has "
+                        f"{row.conv6_kernel}")
 
 
 def fetch_release(path, log=print, progress=None):

@@ -45,20 +45,18 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from core import data
-from core.checkpoint import (check_pretrain, check_state_dict, is_reference_format, load_partial, read_checkpoint,
-                             save_checkpoint, trained_skip, unwrap)
+from core.checkpoint import (check_pretrain, check_resume, is_reference_format, load_partial, read_checkpoint,
+                             save_checkpoint, unwrap)
 from core.imageio import write_bytes_atomic
 from core.inference import MODES
 from core.losses import stage_loss
 from core.metrics import format_table
-from core.network import build_model, freeze_encoder_decoder, stage_has_refine
+from core.network import build_model, freeze_encoder_decoder
 from core.ops.capabilities import PRECISIONS
+from core.stages import STAGES, batch_keys, stage_info
 from core.test import check_pairs, check_precision_arg, find_pairs, predict_folder
 from core.utils import UserError, dist_env, run_cli, seed_everything, select_device, setup_logging
 
-# Batch keys each stage's loss reads (besides the network input).
-STAGE_KEYS = {0: ("alpha", "trimap"), 1: ("alpha", "trimap", "image", "fg", "bg"),
-              2: ("alpha", "trimap"), 3: ("alpha", "trimap", "image", "fg", "bg")}
 # Config keys whose change on --resume is worth a log line.
 WATCHED_KEYS = ("stage", "lr", "step", "batchSize", "nEpochs", "wl_weight", "crop_h", "crop_w", "size_h",
                 "size_w", "seed", "skip", "conv6_kernel", "amp", "online", "world_size")
@@ -89,7 +87,7 @@ def build_parser():
     o.add_argument("--bgPerFg", type=int, default=100, help="backgrounds per foreground in the name lists")
 
     t = p.add_argument_group("optimisation")
-    t.add_argument("--stage", type=int, default=1, choices=(0, 1, 2, 3),
+    t.add_argument("--stage", type=int, default=1, choices=tuple(STAGES),
                    help="0: simple alpha loss; 1: alpha + composition loss; 2: refinement head only; "
                         "3: everything, both losses")
     t.add_argument("--batchSize", type=int, default=1, help="samples per iteration and process")
@@ -117,8 +115,9 @@ def build_parser():
     m.add_argument("--conv6_kernel", type=int, default=3, choices=(1, 3),
                    help="conv6_1 kernel (1 for models released before 2019-09-09)")
     m.add_argument("--pretrain", help="initial weights (model/vgg_state_dict.pth, or the previous stage's "
-                                      "checkpoint); tensors it lacks keep their initialisation, tensors of "
-                                      "another shape or another skip setting stop the run")
+                                      "checkpoint); decoder tensors it lacks keep their initialisation; missing "
+                                      "encoder tensors, tensors of another shape or another skip setting stop the "
+                                      "run")
     m.add_argument("--pretrain_partial", action="store_true",
                    help="with --pretrain: load only the tensors that fit and warn about the rest instead of stopping")
     m.add_argument("--resume", help="checkpoint of this training to continue (weights, optimizer, epoch, best SAD)")
@@ -344,10 +343,10 @@ class Trainer:
             apply_pretrain(model, a.pretrain, self.log, a.pretrain_partial)
         elif a.pretrain:
             self.log.info(f"--pretrain {a.pretrain} ignored: --resume {a.resume} holds the weights")
-        elif a.stage == 2 and not a.resume:
+        elif stage_info(a.stage).frozen_encoder_decoder and not a.resume:
             self.log.warning("stage 2 without --pretrain trains a refinement head on a random encoder-decoder; "
                              "pass --pretrain <stage-1 checkpoint>")
-        if a.stage == 2:
+        if stage_info(a.stage).frozen_encoder_decoder:
             params = freeze_encoder_decoder(model)
             self.log.info(f"stage 2: encoder-decoder frozen, training {len(params)} tensors of the refinement head")
         else:
@@ -371,19 +370,8 @@ class Trainer:
 
     def resume(self, model, path):
         ckpt = read_checkpoint(path)  # UserError for a missing or corrupt file
-        want_refine = stage_has_refine(self.args.stage)
-        has_refine = any(k.startswith("refine_") for k in ckpt["state_dict"])
-        if has_refine != want_refine:
-            raise UserError(f"{path}: a stage {'2/3' if has_refine else '0/1'} checkpoint cannot be resumed with "
-                            f"--stage {self.args.stage}; start the new stage from it with --pretrain {path}")
-        said = trained_skip(ckpt, path)
-        if said is not None and said[0] != self.args.skip:
-            raise UserError(f"{path} was trained {'with' if said[0] else 'without'} skip connections ({said[1]}): "
-                            f"resume with {'--skip' if said[0] else '--no_skip'}")
-        check_state_dict(model, ckpt["state_dict"], path)
+        check_resume(model, ckpt, path, self.args.stage, self.args.skip)
         model.load_state_dict(ckpt["state_dict"], strict=True)
-        if ckpt.get("epoch") is None:
-            raise UserError(f"{path}: no epoch stored (a bare state dict?): start from it with --pretrain instead")
         self.start_epoch = ckpt["epoch"]
         self.best_sad = math.inf if ckpt.get("best_sad") is None else ckpt["best_sad"]
         if is_reference_format(ckpt) and ckpt.get("best_sad") is not None:
@@ -500,7 +488,7 @@ class Trainer:
         num_iter = start + len(self.loader)
         batches = iter(self.loader)
         self.model.train()
-        keys = STAGE_KEYS[a.stage]
+        keys = batch_keys(a.stage)
         t0, done = time.time(), 0
         bar = tqdm(total=num_iter, initial=start, desc=f"epoch {epoch}/{a.nEpochs}", unit="it",
                    disable=True if self.rank != 0 else None, dynamic_ncols=True)  # None: no bar when not a terminal

@@ -1,12 +1,16 @@
-"""Trimaps (0/128/255) from masks: the fixed-width unknown band.
+"""Trimaps (0/128/255): from masks (the fixed-width band), from training alphas (SPEC §6), and a photo's subject.
 
-The rule (``tools/gen_trimap.py --mode band``, the demo's automatic trimaps),
+The band rule (``tools/gen_trimap.py --mode band``, the demo's automatic trimaps),
 with t = ``tol``: definitely foreground where the mask is ≥ 255·(1 − t),
 definitely background where it is ≤ 255·t (``binary``: > 127 / ≤ 127);
 trimap = 255 where the foreground, eroded by a disc of radius w, remains, 0
 where the background, eroded by the same disc, remains, 128 elsewhere. So the
 unknown band reaches w pixels to each side of the edge and also covers every
 soft value between the thresholds.
+
+The training rule (:func:`trimap_from_alpha`, drawn by :func:`random_trimap`)
+dilates and erodes the alpha itself; :func:`photo_mask` decides which subject
+a photo without a trimap gets, for the demo and the page alike.
 """
 
 import math
@@ -19,6 +23,9 @@ from core.utils import UserError
 
 DEFAULT_WIDTH_FRAC = 0.01
 DEFAULT_TOL = 0.02
+# The training trimap's draws (SPEC §6 step 6): elliptic kernel size and erosion/dilation iterations.
+TRIMAP_KERNEL_SIZES = (2, 3, 4)
+TRIMAP_ITERATIONS = tuple(range(5, 15))
 
 
 def read_mask(path):
@@ -75,31 +82,85 @@ def trimap_from_mask(mask, width_px, tol=DEFAULT_TOL, binary=False, name="mask")
     return trimap
 
 
-def photo_mask(image_path, mask_path=None, segmenter=None):
-    """The subject mask of a photo, uint8 H×W, and where it came from, from the first of:
+ALPHA, MASK, SEGMENTER = "alpha", "mask", "segmenter"  # where a photo's subject comes from
 
-    the photo's own alpha channel (when it has one that is not fully opaque);
-    ``mask_path`` (a binary or soft mask, as :func:`read_mask` reads it); the
-    ``segmenter`` (a :class:`core.segment.Segmenter`) on the photo as the
-    matting network reads it. Raises :class:`UserError` naming the photo.
+
+def has_subject_alpha(stored):
+    """Whether a photo as stored (:func:`read_unchanged`) has an alpha channel that outlines a subject.
+
+    A fully opaque alpha channel (common in exported photos) says nothing, so
+    it does not count.
     """
-    img = read_unchanged(image_path)
-    if img.ndim == 3 and img.shape[2] == 4 and (img[:, :, 3] < 255).any():
-        return img[:, :, 3].copy(), "its alpha channel"
-    h, w = img.shape[:2]
-    if mask_path:
-        mask = read_mask(mask_path)
+    return stored.ndim == 3 and stored.shape[2] == 4 and bool((stored[:, :, 3] < 255).any())
+
+
+def subject_source(stored, has_mask):
+    """Where the subject of a photo without a trimap comes from, the first of: its alpha channel
+    (:func:`has_subject_alpha`), the mask (when ``has_mask``), the segmenter."""
+    return ALPHA if has_subject_alpha(stored) else MASK if has_mask else SEGMENTER
+
+
+def as_bgr(stored):
+    """BGR uint8 H×W×3 of a photo as stored: grey replicated, alpha dropped (what :func:`read_image` gives)."""
+    if stored.ndim == 2:
+        return cv2.cvtColor(stored, cv2.COLOR_GRAY2BGR)
+    return stored[:, :, :3] if stored.shape[2] == 4 else stored
+
+
+def subject_mask(stored, mask=None, segmenter=None, source=None, name="photo", mask_name="mask", bgr=None):
+    """The subject of a photo without a trimap, uint8 H×W, and where it came from (:data:`ALPHA`, …).
+
+    The one path of ``core/demo.py`` and ``tools/app.py``. ``source``: as
+    :func:`subject_source` chooses (the default), or one forced: the photo's
+    alpha channel; ``mask`` (uint8 H×W, refused unless of the photo's size);
+    the ``segmenter`` (a :class:`core.segment.Segmenter`), handed the photo in
+    BGR as the network reads it (``bgr``: a callable giving that, default
+    :func:`as_bgr` of ``stored``; the segmenter turns it to RGB itself).
+    ``stored``: the photo as stored (grey, BGR or BGRA). Raises
+    :class:`UserError` naming ``name`` (the photo) or ``mask_name``.
+    """
+    if source is None:
+        source = subject_source(stored, mask is not None)
+    h, w = stored.shape[:2]
+    if source == ALPHA:
+        if stored.ndim != 3 or stored.shape[2] != 4:
+            raise UserError(f"{name} has no alpha channel")
+        return stored[:, :, 3].copy(), ALPHA
+    if source == MASK:
+        if mask is None:
+            raise UserError(f"{name}: no mask given")
         if mask.shape != (h, w):
-            raise UserError(f"{mask_path}: mask is {mask.shape[1]}×{mask.shape[0]} but its image {image_path} "
-                            f"is {w}×{h}")
-        return mask, f"mask {mask_path}"
+            raise UserError(f"{mask_name}: mask is {mask.shape[1]}×{mask.shape[0]} but its image {name} is {w}×{h}")
+        return mask, MASK
+    if source != SEGMENTER:
+        raise ValueError(f"unknown subject source {source!r}")
     if segmenter is None:
-        raise UserError(f"{image_path}: no trimap, mask or alpha channel to make one from")
-    mask = segmenter(read_image(image_path))
+        raise UserError(f"{name}: no trimap, mask or alpha channel to make one from")
+    mask = segmenter(bgr() if bgr is not None else as_bgr(stored))
     if not (mask >= 128).any():
-        raise UserError(f"{image_path}: {segmenter.name} found no subject in the photo (no pixel more likely one "
+        raise UserError(f"{name}: {segmenter.name} found no subject in the photo (no pixel more likely one "
                         f"of its classes than not; searched: {segmenter.describe_classes()}); "
                         "give --classes, --mask or --trimap")
+    return mask, SEGMENTER
+
+
+def photo_mask(image_path, mask_path=None, segmenter=None):
+    """The subject mask of a photo file, uint8 H×W, and a note saying where it came from.
+
+    :func:`subject_mask` of the photo as stored and ``mask_path`` (a binary or
+    soft mask, as :func:`read_mask` reads it); the segmenter sees the photo as
+    the matting network reads it (:func:`read_image`). Raises
+    :class:`UserError` naming the photo or the mask.
+    """
+    stored = read_unchanged(image_path)
+    source = subject_source(stored, bool(mask_path))
+    mask = read_mask(mask_path) if source == MASK else None  # not read when the alpha channel wins
+    mask, _ = subject_mask(stored, mask, segmenter, source, name=image_path, mask_name=mask_path,
+                           bgr=lambda: read_image(image_path))
+    if source == ALPHA:
+        return mask, "its alpha channel"
+    if source == MASK:
+        return mask, f"mask {mask_path}"
     return mask, f"{segmenter.name} ({segmenter.describe_classes()})"
 
 
@@ -112,3 +173,38 @@ def photo_trimap(image_path, mask_path=None, segmenter=None, width=None, width_f
     mask, source = photo_mask(image_path, mask_path, segmenter)
     width = width if width is not None else width_from_frac(mask.shape, width_frac)
     return trimap_from_mask(mask, width, name=f"{image_path} (subject from {source})"), source
+
+
+# --------------------------------------------------------------------------- #
+# The training rule (SPEC §6 step 6): training samples, tools/gen_trimap.py's
+# default mode and tools/make_synthetic.py's test trimaps
+# --------------------------------------------------------------------------- #
+def draw_trimap_params(rng):
+    """Step 6's draws: (kernel size from {2, 3, 4}, iterations from 5..14)."""
+    kernel_size = int(rng.choice(TRIMAP_KERNEL_SIZES))
+    iterations = int(rng.choice(TRIMAP_ITERATIONS))
+    return kernel_size, iterations
+
+
+def trimap_from_alpha(alpha, kernel_size, iterations):
+    """Trimap uint8 H×W (0/128/255) from alpha uint8 H×W.
+
+    The alpha is dilated and eroded ``iterations`` times with an elliptic
+    ``kernel_size``² structuring element (OpenCV's, default anchor and
+    border); 255 where the eroded alpha is 255, 0 where the dilated alpha is
+    0, 128 elsewhere.
+    """
+    if alpha.ndim != 2 or alpha.dtype != np.uint8:
+        raise ValueError(f"alpha must be uint8 H×W, got {alpha.dtype} {alpha.shape}")
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kernel_size, kernel_size))
+    dilated = cv2.dilate(alpha, kernel, iterations=iterations)
+    eroded = cv2.erode(alpha, kernel, iterations=iterations)
+    trimap = np.full(alpha.shape, 128, dtype=np.uint8)
+    trimap[eroded >= 255] = 255
+    trimap[dilated <= 0] = 0
+    return trimap
+
+
+def random_trimap(alpha, rng):
+    """Step 6: :func:`trimap_from_alpha` with :func:`draw_trimap_params`."""
+    return trimap_from_alpha(alpha, *draw_trimap_params(rng))

@@ -96,3 +96,52 @@ def dist_env():
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     return rank, local_rank, world_size
+
+
+def torch_sees_gpu():
+    """Whether torch can use a CUDA device; False when torch cannot even be imported."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. a driver too old for this torch: the answer is still "no"
+            import torch
+
+            return bool(torch.cuda.is_available())
+    except Exception:  # a broken install runs on the CPU, as the shell test it replaces did
+        return False
+
+
+def script_device(cuda, script, doing, gpu=torch_sees_gpu):
+    """``(use_gpu, status line)`` for the ``CUDA`` variable of ``train.sh``/``deploy.sh``.
+
+    ``cuda``: ``""`` (the GPU when torch sees one, else the CPU), ``"1"`` (the
+    GPU; :class:`UserError` without one) or ``"0"`` (the CPU). ``script`` and
+    ``doing`` ("training", "testing") word the status line; ``gpu`` tells
+    whether a GPU is seen (asked only when needed).
+    """
+    if cuda == "":
+        if gpu():
+            return True, f"{script}: {doing} on the GPU (torch sees one; CUDA=0 for the CPU)"
+        return False, f"{script}: {doing} on the CPU (torch sees no GPU)"
+    if cuda == "1":
+        if not gpu():
+            raise UserError("CUDA=1 but torch sees no CUDA device: leave CUDA unset or set CUDA=0 to run on the CPU")
+        return True, f"{script}: {doing} on the GPU (CUDA=1)"
+    if cuda == "0":
+        return False, f"{script}: {doing} on the CPU (CUDA=0)"
+    raise UserError(f"CUDA must be 1 (GPU) or 0 (CPU), got '{cuda}'")
+
+
+def _device_command(argv):
+    """``python -m core.utils device SCRIPT DOING CUDA``: the status line on stderr, ``--cuda`` on stdout for the GPU."""
+    if len(argv) != 4 or argv[0] != "device":
+        raise UserError("usage: python -m core.utils device SCRIPT DOING CUDA")
+    use_gpu, line = script_device(argv[3], argv[1], argv[2])
+    print(line, file=sys.stderr)
+    if use_gpu:
+        print("--cuda")
+
+
+if __name__ == "__main__":
+    run_cli(_device_command, sys.argv[1:])

@@ -189,6 +189,33 @@ def test_load_partial_reports(tmp_path):
         load_partial(model, tmp_path / "none.pth")
 
 
+def test_load_partial_refuses_missing_encoder_keys(tmp_path):
+    """STYLE §8: a start without some encoder tensor is refused unless partial loading is asked for."""
+    torch.manual_seed(2)
+    full = DIMNet(conv6_kernel=1).state_dict()
+    encoder = {k: v for k, v in full.items() if k.startswith("conv") and not k.startswith("conv6")}
+    assert len(encoder) == 26  # 13 convolutions, weight and bias
+    torch.save({"state_dict": encoder}, tmp_path / "enc.pth")
+    model = DIMNet(conv6_kernel=1)
+    loaded, random, skipped = load_partial(model, tmp_path / "enc.pth")  # the whole encoder: accepted
+    assert loaded == sorted(encoder) and not skipped and "conv6_1.weight" in random
+    without = {k: v for k, v in encoder.items() if not k.startswith("conv5_3")}
+    torch.save({"state_dict": without}, tmp_path / "part.pth")
+    model = DIMNet(conv6_kernel=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(UserError) as err:
+        load_partial(model, tmp_path / "part.pth")
+    assert str(err.value) == (f"{tmp_path / 'part.pth'}: 2 encoder tensor(s) of the network are not in the file: "
+                              "conv5_3.bias, conv5_3.weight (they would keep their random initialisation) "
+                              "(or --pretrain_partial to load only what fits)")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing loaded
+    warned = []
+    loaded, random, _ = load_partial(model, tmp_path / "part.pth", partial=True, warn=warned.append)
+    assert loaded == sorted(without) and {"conv5_3.weight", "conv5_3.bias"} <= set(random)
+    assert len(warned) == 1 and "conv5_3.bias, conv5_3.weight" in warned[0]
+    assert torch.equal(model.conv5_2.weight, full["conv5_2.weight"])
+
+
 def test_cli_error_is_one_line(tmp_path):
     code = "from core.checkpoint import load_model; from core.utils import run_cli; run_cli(lambda a: load_model('nope.pth'))"
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

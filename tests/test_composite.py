@@ -80,18 +80,18 @@ def test_fit_background_adobe_bicubic_pixels():
 # ---------------------------------------------------------------- composition
 
 
-def test_to_uint8_rounds_half_to_even_and_saturates():
+def test_round_to_uint8_rounds_half_to_even_and_saturates():
     x = np.array([0.5, 1.5, 2.5, 254.5, -3.0, 255.5, 300.2, 0.49999])
-    np.testing.assert_array_equal(comp.to_uint8(x), [0, 2, 2, 254, 0, 255, 255, 0])
+    np.testing.assert_array_equal(comp.round_to_uint8(x), [0, 2, 2, 254, 0, 255, 255, 0])
 
 
-def test_to_uint8_matches_opencv_writing_a_float_image(tmp_path):
+def test_round_to_uint8_matches_opencv_writing_a_float_image(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.uniform(-20, 280, (16, 16, 3))
     x[0, :8, 0] = np.arange(8) + 0.5  # exact halves: 0.5 .. 7.5
     path = str(tmp_path / "f.png")
     assert cv2.imwrite(path, x)  # OpenCV converts float64 to 8-bit when writing PNG
-    np.testing.assert_array_equal(cv2.imread(path, cv2.IMREAD_UNCHANGED), comp.to_uint8(x))
+    np.testing.assert_array_equal(cv2.imread(path, cv2.IMREAD_UNCHANGED), comp.round_to_uint8(x))
 
 
 def test_composite_reference_hand_values():
@@ -285,7 +285,7 @@ def test_reference_run_on_synthetic_set(synth):
                 fitted = comp.fit_background_reference(bg, *fg.shape[:2])
                 blend = fg * (alpha / 255.0) + fitted * (1 - alpha / 255.0)
                 read = lambda d: cv2.imread(os.path.join(out, d, name), cv2.IMREAD_UNCHANGED)  # noqa: E731
-                np.testing.assert_array_equal(read("image"), comp.to_uint8(blend))
+                np.testing.assert_array_equal(read("image"), comp.round_to_uint8(blend))
                 np.testing.assert_array_equal(read("fg"), fg)
                 np.testing.assert_array_equal(read("bg"), fitted)
                 np.testing.assert_array_equal(read("alpha"), alpha[:, :, 0])

@@ -12,7 +12,7 @@ import pytest
 from core import cutout
 from core.cutout import (add_cutout_args, as_alpha, composite_on, cover, cutout_options, estimate_fb_numpy,
                          estimate_foreground, make_rgba, parse_background, parse_colour, write_cutouts)
-from core.inference import to_uint8
+from core.inference import truncate_to_uint8
 from core.utils import UserError
 
 
@@ -112,9 +112,9 @@ def test_make_rgba_alpha_channel_is_the_saved_matte():
     fg = np.array([[[0, 0, 1], [0.5, 0.5, 0.5], [1, 0, 0], [0.2, 0.4, 0.6]]], np.float32)
     rgba = make_rgba(fg, alpha)
     assert rgba.dtype == np.uint8 and rgba.shape == (1, 4, 4)
-    assert rgba[0, :, 3].tolist() == [0, 127, 254, 255] == to_uint8(alpha)[0].tolist()
+    assert rgba[0, :, 3].tolist() == [0, 127, 254, 255] == truncate_to_uint8(alpha)[0].tolist()
     assert rgba[0, 1, :3].tolist() == [128, 128, 128] and rgba[0, 3, :3].tolist() == [51, 102, 153]
-    assert np.array_equal(make_rgba(fg, to_uint8(alpha)), rgba)
+    assert np.array_equal(make_rgba(fg, truncate_to_uint8(alpha)), rgba)
 
 
 def test_colours_and_backgrounds(tmp_path):
@@ -169,7 +169,7 @@ def test_cli_glue_writes_cutouts(tmp_path):
     opts = cutout_options(parser.parse_args(["--rgba", "--background", "#00FF00", "--fg_backend", "numpy"]))
     assert opts == {"rgba": True, "backgrounds": [("00ff00", (0, 255, 0))], "backend": "numpy"}
     image, alpha, _, _ = known_composite(32, 128)
-    matte = to_uint8(alpha)
+    matte = truncate_to_uint8(alpha)
     paths = write_cutouts(str(tmp_path), "photo.jpg", image, matte, **opts)
     assert [p.split("/")[-2:] for p in paths] == [["cutout", "photo_rgba.png"], ["cutout", "photo_bg_00ff00.png"]]
     rgba = cv2.imread(paths[0], cv2.IMREAD_UNCHANGED)

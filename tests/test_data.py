@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from core import data
+from core import trimap as trimap_rule
 from core.utils import UserError
 from core.composite import composite_dataset, composite_reference
 from tests.reference_impl import reference_input
@@ -222,7 +223,7 @@ def test_trimap_by_hand_single_pixel_and_square():
     diamond = np.abs(yy - 4) + np.abs(xx - 4)  # the 3×3 ellipse is a cross: iterations grow a diamond
     for iterations in (1, 2, 3):
         expected = np.where(diamond <= iterations, 128, 0)
-        assert np.array_equal(data.trimap_from_alpha(alpha, 3, iterations), expected)
+        assert np.array_equal(trimap_rule.trimap_from_alpha(alpha, 3, iterations), expected)
 
     alpha = np.zeros((9, 9), np.uint8)
     alpha[2:7, 2:7] = 255
@@ -230,10 +231,10 @@ def test_trimap_by_hand_single_pixel_and_square():
     expected[1:8, 2:7] = 128  # dilated by the cross: the square grows by one, corners excluded
     expected[2:7, 1:8] = 128
     expected[3:6, 3:6] = 255  # eroded by the cross: the inner 3×3
-    assert np.array_equal(data.trimap_from_alpha(alpha, 3, 1), expected)
+    assert np.array_equal(trimap_rule.trimap_from_alpha(alpha, 3, 1), expected)
 
 
-@pytest.mark.parametrize("kernel_size", data.TRIMAP_KERNEL_SIZES)
+@pytest.mark.parametrize("kernel_size", trimap_rule.TRIMAP_KERNEL_SIZES)
 @pytest.mark.parametrize("iterations", [5, 9, 14])
 def test_trimap_equals_independent_dilation_erosion(kernel_size, iterations):
     rng = np.random.default_rng(kernel_size * 100 + iterations)
@@ -246,7 +247,7 @@ def test_trimap_equals_independent_dilation_erosion(kernel_size, iterations):
     dilated = _slow_morph(alpha, kernel, iterations, dilate=True)
     eroded = _slow_morph(alpha, kernel, iterations, dilate=False)
     expected = np.where(dilated <= 0, 0, np.where(eroded >= 255, 255, 128))
-    trimap = data.trimap_from_alpha(alpha, kernel_size, iterations)
+    trimap = trimap_rule.trimap_from_alpha(alpha, kernel_size, iterations)
     assert trimap.dtype == np.uint8
     assert np.array_equal(trimap, expected)
     assert set(np.unique(trimap)) == {0, 128, 255}
@@ -254,7 +255,7 @@ def test_trimap_equals_independent_dilation_erosion(kernel_size, iterations):
 
 def test_trimap_parameters_cover_kernels_2_to_4_and_iterations_5_to_14():
     rng = np.random.default_rng(7)
-    draws = [data.draw_trimap_params(rng) for _ in range(3000)]
+    draws = [trimap_rule.draw_trimap_params(rng) for _ in range(3000)]
     assert {k for k, _ in draws} == {2, 3, 4}
     assert {n for _, n in draws} == set(range(5, 15))
 
@@ -265,12 +266,12 @@ def test_random_trimap_is_one_of_the_allowed_trimaps():
     alpha = cv2.GaussianBlur(alpha, (5, 5), 0)
     rng = np.random.default_rng(8)
     state = rng.bit_generator.state
-    trimap = data.random_trimap(alpha, rng)
+    trimap = trimap_rule.random_trimap(alpha, rng)
     rng.bit_generator.state = state
-    k, n = data.draw_trimap_params(rng)
-    assert np.array_equal(trimap, data.trimap_from_alpha(alpha, k, n))
+    k, n = trimap_rule.draw_trimap_params(rng)
+    assert np.array_equal(trimap, trimap_rule.trimap_from_alpha(alpha, k, n))
     with pytest.raises(ValueError, match="uint8"):
-        data.trimap_from_alpha(alpha.astype(np.float32), 3, 5)
+        trimap_rule.trimap_from_alpha(alpha.astype(np.float32), 3, 5)
 
 
 # ---------------------------------------------------------------- seeding
@@ -303,8 +304,8 @@ def test_item_keys_dtypes_shapes_and_ranges(synthetic):
         alpha_u8 = (item["alpha"][0] * 255).round().numpy().astype(np.uint8)
         trimap = item["trimap"][0].numpy().astype(np.uint8)
         assert set(np.unique(trimap)) <= {0, 128, 255}
-        assert any(np.array_equal(trimap, data.trimap_from_alpha(alpha_u8, k, n))
-                   for k in data.TRIMAP_KERNEL_SIZES for n in data.TRIMAP_ITERATIONS)
+        assert any(np.array_equal(trimap, trimap_rule.trimap_from_alpha(alpha_u8, k, n))
+                   for k in trimap_rule.TRIMAP_KERNEL_SIZES for n in trimap_rule.TRIMAP_ITERATIONS)
         image_u8 = item["image"].numpy().transpose(1, 2, 0).astype(np.uint8)
         # the input as the reference builds it (torchvision ToTensor + Normalize, trimap / 255)
         torch.testing.assert_close(item["input"], reference_input(image_u8, trimap)[0], atol=1e-6, rtol=0)

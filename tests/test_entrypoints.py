@@ -135,7 +135,7 @@ def test_test_py_modes_write_every_matte(tmp_path, ckpt, model, mode, extra, cap
 
 def test_test_py_tile_mode_and_cutouts(tmp_path, ckpt, model, capsys):
     """--crop_or_resize tile goes through core.tiling; --rgba/--background write cut-outs beside the mattes."""
-    from core.inference import force_known, to_uint8
+    from core.inference import force_known, truncate_to_uint8
     from core.tiling import predict_tiles
 
     root = make_folder(tmp_path / "data")
@@ -150,7 +150,7 @@ def test_test_py_tile_mode_and_cutouts(tmp_path, ckpt, model, capsys):
     with torch.inference_mode():
         alpha = predict_tiles(model, image, trimap, tile=64, overlap=16)
     matte = cv2.imread(str(out / "a.png"), cv2.IMREAD_UNCHANGED)
-    assert np.array_equal(matte, to_uint8(force_known(alpha, trimap)))
+    assert np.array_equal(matte, truncate_to_uint8(force_known(alpha, trimap)))
     rgba = cv2.imread(str(out / "cutout" / "a_rgba.png"), cv2.IMREAD_UNCHANGED)
     assert rgba.shape == (64, 96, 4) and np.array_equal(rgba[:, :, 3], matte)
     on_green = cv2.imread(str(out / "cutout" / "a_bg_00ff00.png"))

@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from core.data import draw_trimap_params, sample_rng, trimap_from_alpha
+from core.data import sample_rng
+from core.trimap import draw_trimap_params, trimap_from_alpha
 from core.utils import UserError, run_cli
 from tools import gen_trimap
 from tools.gen_trimap import thresholds, trimap_from_mask, width_from_frac

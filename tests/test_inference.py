@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reference_impl import (assert_same_matte, init_unsaturated, reference_forward,  # noqa: E402
                             reference_from_state_dict, reference_input, reference_predict)
 
-from core.inference import force_known, predict, predict_matte, to_uint8, whole_size  # noqa: E402
+from core.inference import force_known, predict, predict_matte, truncate_to_uint8, whole_size  # noqa: E402
 from core.network import DIMNet  # noqa: E402
 from core.test import Pair, predict_folder  # noqa: E402
 
@@ -180,9 +180,9 @@ def test_crop_mode_stitches_each_tile_in_place():
 # --------------------------------------------------------------------------- #
 # Forcing, truncation, stage choice
 # --------------------------------------------------------------------------- #
-def test_to_uint8_truncates():
+def test_truncate_to_uint8_truncates():
     alpha = np.float32([0.0, 0.0039, 0.00393, 0.5, 0.9999, 0.99999, 1.0])
-    assert to_uint8(alpha).tolist() == [0, 0, 1, 127, 254, 254, 255]
+    assert truncate_to_uint8(alpha).tolist() == [0, 0, 1, 127, 254, 254, 255]
 
 
 def test_force_known():
@@ -294,7 +294,7 @@ def test_reference_oracle_tells_variants_apart():
     state = model.state_dict()
     x = reference_input(image, trimap)
     alpha, refined = reference_forward(state, x, 2, True, 3)
-    good = to_uint8(force_known(refined[0, 0].numpy(), trimap))
+    good = truncate_to_uint8(force_known(refined[0, 0].numpy(), trimap))
     assert_same_matte(predict_matte(model, image, trimap, mode="whole", stage=2), good)
 
     ref = reference_from_state_dict(state, 2, False, 3)
@@ -305,7 +305,7 @@ def test_reference_oracle_tells_variants_apart():
         bgr_input = ref(x[:, [2, 1, 0, 3]])[1]
     for wrong in (no_skip, alpha, wrong_trimap, bgr_input):
         with pytest.raises(AssertionError):
-            assert_same_matte(to_uint8(force_known(wrong[0, 0].numpy(), trimap)), good)
+            assert_same_matte(truncate_to_uint8(force_known(wrong[0, 0].numpy(), trimap)), good)
     # The bounds also catch rounding where the reference truncates.
     rounded = np.round(force_known(refined[0, 0].numpy(), trimap) * 255).astype(np.uint8)
     with pytest.raises(AssertionError):

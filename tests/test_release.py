@@ -22,8 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from py2_legacy import save_py2_legacy  # noqa: E402
 
+from core.checkpoint import RELEASES  # noqa: E402
 from core.network import DIMNet  # noqa: E402
-from core.release import RELEASE_TAGS, fetch_release, is_release, release_url  # noqa: E402
+from core.release import fetch_release, is_release, release_url, verify_release  # noqa: E402
 from core import test as test_mod  # noqa: E402
 from core.utils import UserError, run_cli  # noqa: E402
 from tools import export  # noqa: E402
@@ -61,7 +62,7 @@ def server(tmp_path_factory):
             requests.append(self.path)
             kind, tag, name = (self.path.strip("/").split("/") + ["", "", ""])[:3]
             body = bodies.get("good" if kind == "short" else kind)
-            if body is None or RELEASE_TAGS.get(name) != tag:
+            if body is None or name not in RELEASES or RELEASES[name].tag != tag:
                 self.send_error(404)
                 return
             self.send_response(200)
@@ -93,6 +94,21 @@ def test_release_table_and_url(monkeypatch):
     monkeypatch.setenv("DIM_RELEASES_URL", "http://host/x/")
     assert release_url("stage1_sad_54.4.pth") == "http://host/x/v1.4/stage1_sad_54.4.pth"
     assert is_release("model/stage1_sad_57.1.pth") and not is_release("model/my_stage0_sad_72.9.pth")
+
+
+def test_each_release_row_is_verified_by_its_own_columns(tmp_path):
+    """A file verifies as a release only with its row's stage (head), skip and conv6 kernel (SPEC §3)."""
+    for name, row in RELEASES.items():
+        assert name.startswith(f"stage{row.stage}_"), name  # the reference names files by their stage
+        path = tmp_path / name
+        zero_checkpoint(path, refine=row.stage >= 2, skip=row.skip, conv6_kernel=row.conv6_kernel)
+        verify_release(path, name)
+        zero_checkpoint(path, refine=row.stage >= 2, skip=row.skip, conv6_kernel=4 - row.conv6_kernel)
+        with pytest.raises(UserError, match=f"conv6 kernel {4 - row.conv6_kernel}, but the release"):
+            verify_release(path, name)
+        zero_checkpoint(path, refine=row.stage < 2, skip=row.skip, conv6_kernel=row.conv6_kernel)
+        with pytest.raises(UserError, match="refinement head"):
+            verify_release(path, name)
 
 
 def test_good_download_is_written_byte_for_byte(server, tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import core.train as train
-from core.network import DIMNet, build_model
+from core.network import ENCODER_NAMES, DIMNet, build_model
 from core.utils import UserError, run_cli
 from tests.conftest import ROOT
 from tests.test_train import base_args, write_dataset
@@ -82,10 +82,17 @@ def test_size_flags_are_checked_first(dataset, tmp_path, capsys):
         assert not save.exists()
 
 
-def test_release_name_tells_the_skip_setting(tmp_path, encoder_part):
+def whole_encoder():
+    """Zero conv1_1 … conv5_3 weights and biases: what a start must provide (STYLE §8)."""
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in DIMNet().state_dict().items() if k.rsplit(".", 1)[0] in ENCODER_NAMES}
+    return {k: torch.zeros(s) for k, s in shapes.items()}
+
+
+def test_release_name_tells_the_skip_setting(tmp_path):
     # SPEC §3: stage1_sad_54.4 was trained without skip connections (and a 3×3 conv6)
     release = tmp_path / "stage1_sad_54.4.pth"
-    torch.save({"state_dict": {k: encoder_part[k] for k in ("conv1_1.weight", "conv1_1.bias")}, "epoch": 9}, release)
+    torch.save({"state_dict": whole_encoder(), "epoch": 9}, release)
     with pytest.raises(UserError) as err:
         train.apply_pretrain(build_model(1), str(release), logging.getLogger("test_train_checks"))
     assert str(err.value) == (f"{release}: it was trained without skip connections (release file name) but the "
@@ -105,8 +112,10 @@ def test_partial_pretrain_loads_what_fits_and_warns(tmp_path, encoder_part, capl
         loaded, random, skipped = train.apply_pretrain(model, str(path), log, partial=True)
     assert loaded == ["conv1_1.bias", "conv1_1.weight"] and "conv6_1.weight" in random
     assert skipped == {"conv6_1.weight": "shape (512, 512, 1, 1) vs (512, 512, 3, 3)"}
-    warning = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warning) == 1 and "--conv6_kernel 1" in warning[0].getMessage()
+    warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warning) == 2 and "--conv6_kernel 1" in warning[0]
+    assert "24 encoder tensor(s) of the network are not in the file: conv1_2.bias, conv1_2.weight, conv2_1.bias" \
+        in warning[1] and "--pretrain_partial: loading only what fits" in warning[1]
     assert torch.equal(model.conv1_1.weight, encoder_part["conv1_1.weight"])
 
 

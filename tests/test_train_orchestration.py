@@ -122,9 +122,11 @@ def test_non_finite_weights_are_never_saved(data4, tmp_path):
 
 
 @pytest.mark.parametrize("saved, flags, match", [
-    ({"refine": True}, ["--stage", "1"], r"a stage 2/3 checkpoint cannot be resumed with --stage 1; "
-                                         r"start the new stage from it with --pretrain"),
-    ({"refine": False}, ["--stage", "3"], r"a stage 0/1 checkpoint cannot be resumed with --stage 3"),
+    ({"refine": True}, ["--stage", "1"], r"the file holds a refinement head \(refine_\* weights, a stage 2/3 "
+                                         r"model\) that --stage 1 would ignore: use --stage 2 or 3"),
+    ({"refine": False}, ["--stage", "3"], r"--stage 3 needs a refinement head, but the file has no refine_\* "
+                                          r"weights \(a stage 0/1 model\): use --stage 1, or train stage 2 from it "
+                                          r"with --pretrain"),
     ({"skip": False}, [], r"was trained without skip connections \(checkpoint metadata\): resume with --no_skip"),
     ({"skip": True}, ["--no_skip"], r"was trained with skip connections \(checkpoint metadata\): resume with --skip"),
     ({"epoch": None}, [], r"no epoch stored \(a bare state dict\?\): start from it with --pretrain instead"),

@@ -52,7 +52,8 @@ from core.segment import Segmenter, add_segmenter_args
 from core.test import (REPO_ROOT, RELEASED_MODEL, add_inference_args, check_inference_args, inference_kwargs,
                        load_for_inference)
 from core.utils import UserError, run_cli, setup_logging
-from core.trimap import DEFAULT_WIDTH_FRAC, trimap_from_mask, width_from_frac
+from core.trimap import ALPHA as SUBJECT_ALPHA, MASK as SUBJECT_MASK, SEGMENTER as SUBJECT_SEGMENTER
+from core.trimap import DEFAULT_WIDTH_FRAC, subject_mask, subject_source, trimap_from_mask, width_from_frac
 
 INSTALL_HINT = "gradio is not installed: pip install -r requirements-optional.txt (or pip install gradio)"
 MODES = ("auto", "whole", "tile")
@@ -74,40 +75,41 @@ def is_trimap(img):
     return bool(np.any(img == 128)) and not np.any((img != 0) & (img != 128) & (img != 255))
 
 
-def automatic_trimap(photo, upload, source=AUTO, width=0, name="photo", segmenter=None):
+def automatic_trimap(photo, upload, source=AUTO, width=0, name="photo", segmenter=None, bgr=None):
     """The trimap (uint8 H×W, 0/128/255) and a note saying where it came from.
 
     ``photo``: the file as stored (:func:`core.imageio.read_unchanged`); ``upload``:
-    an uploaded mask or trimap (uint8 H×W) or None. ``source``: one of
-    :func:`trimap_sources`; ``auto`` takes the upload, else the photo's alpha
-    channel, else ``segmenter`` (a :class:`core.segment.Segmenter`). A mask (or alpha, or segmentation) becomes a
-    trimap with ``tools/gen_trimap.py``'s band of ``width`` px to each side of
-    the edge (0: 1 % of the diagonal); an upload that already is a trimap is
-    used as it is. Raises :class:`UserError` when the chosen source has nothing.
+    an uploaded mask or trimap (uint8 H×W) or None; ``bgr``: a callable giving
+    the photo as the network reads it (default: from ``photo``). ``source``: one
+    of :func:`trimap_sources`; ``auto`` takes an uploaded trimap as it is, else
+    chooses the subject as ``core/demo.py`` does (:func:`core.trimap.subject_source`:
+    a not fully opaque alpha channel, else the uploaded mask, else ``segmenter``,
+    a :class:`core.segment.Segmenter`). The subject becomes a trimap with
+    ``tools/gen_trimap.py``'s band of ``width`` px to each side of the edge
+    (0: 1 % of the diagonal). Raises :class:`UserError` when the chosen source
+    has nothing.
     """
-    has_alpha = photo.ndim == 3 and photo.shape[2] == 4
-    if source == AUTO:
-        source = UPLOAD if upload is not None else ALPHA if has_alpha else SEGMENTER
     h, w = photo.shape[:2]
-    if source == ALPHA:
-        if not has_alpha:
-            raise UserError(f"{name} has no alpha channel: upload a mask or trimap")
-        mask, note = photo[:, :, 3], "the photo's alpha channel"
-    elif source == UPLOAD:
-        if upload is None:
-            raise UserError("no mask or trimap uploaded")
-        if upload.shape != (h, w):
-            raise UserError(f"the mask or trimap is {upload.shape[1]}×{upload.shape[0]} but {name} is {w}×{h}")
-        if is_trimap(upload):
-            return upload, "the uploaded trimap"
-        mask, note = upload, "the uploaded mask"
-    elif source == SEGMENTER:
-        bgr = cv2.cvtColor(photo, cv2.COLOR_GRAY2BGR) if photo.ndim == 2 else photo[:, :, :3]
-        if segmenter is None:
-            raise UserError("no segmenter on this server: upload a mask or trimap")
-        mask, note = segmenter(bgr), f"the segmenter ({segmenter.name})"
-    else:
+    trimap_upload = source in (AUTO, UPLOAD) and upload is not None and is_trimap(upload)
+    if source == AUTO and not trimap_upload:
+        source = {SUBJECT_ALPHA: ALPHA, SUBJECT_MASK: UPLOAD}.get(subject_source(photo, upload is not None),
+                                                                  SEGMENTER)
+    if source == ALPHA and not (photo.ndim == 3 and photo.shape[2] == 4):
+        raise UserError(f"{name} has no alpha channel: upload a mask or trimap")
+    if source == UPLOAD and upload is None:
+        raise UserError("no mask or trimap uploaded")
+    if (trimap_upload or source == UPLOAD) and upload.shape != (h, w):
+        raise UserError(f"the mask or trimap is {upload.shape[1]}×{upload.shape[0]} but {name} is {w}×{h}")
+    if trimap_upload:
+        return upload, "the uploaded trimap"
+    if source == SEGMENTER and segmenter is None:
+        raise UserError("no segmenter on this server: upload a mask or trimap")
+    if source not in (ALPHA, UPLOAD, SEGMENTER):
         raise UserError(f"unknown trimap source {source!r}")
+    kind = {ALPHA: SUBJECT_ALPHA, UPLOAD: SUBJECT_MASK, SEGMENTER: SUBJECT_SEGMENTER}[source]
+    mask, _ = subject_mask(photo, upload, segmenter, kind, name=name, mask_name="the uploaded mask", bgr=bgr)
+    note = {ALPHA: "the photo's alpha channel", UPLOAD: "the uploaded mask",
+            SEGMENTER: f"the segmenter ({getattr(segmenter, 'name', '')})"}[source]
     width = int(width) or width_from_frac((h, w), DEFAULT_WIDTH_FRAC)
     return trimap_from_mask(mask, width, name=note), f"{note}, band {width} px"
 
@@ -261,7 +263,7 @@ def build_page(gr, matting):
         try:
             up = read_upload(read_gray, upload, "mask or trimap") if upload else None
             trimap, note = automatic_trimap(stored, up, source, width, name=f"photo {os.path.basename(photo)}",
-                                            segmenter=matting.segmenter)
+                                            segmenter=matting.segmenter, bgr=lambda: image)
         except UserError as exc:  # show the photo to paint on anyway
             return ({"background": cv2.cvtColor(image, cv2.COLOR_BGR2RGB), "layers": [], "composite": None},
                     None, message(exc))

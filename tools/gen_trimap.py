@@ -28,13 +28,13 @@ border. w is ``--width`` pixels or ``--width_frac`` × the image diagonal
 background threshold) or all foreground are refused, naming the file.
 
 ``--mode train`` is the training-time generator (SPEC §6 step 6,
-:func:`core.data.random_trimap`): elliptic kernel of size 2–4, 5–14
+:func:`core.trimap.random_trimap`): elliptic kernel of size 2–4, 5–14
 iterations, drawn per file from a generator seeded by ``--seed`` and the file
 name; 255 where the eroded alpha is 255, 0 where the dilated alpha is 0. Fix
 the draws with ``--kernel_size`` and ``--iterations``. Training applies it to
 320×320 crops, so on a full-size photo its band is much narrower relatively.
 
-The band rule lives in :mod:`core.trimap` (the demo's automatic trimaps use it too).
+Both rules live in :mod:`core.trimap` (the demo's automatic trimaps use the band too).
 """
 
 import os
@@ -47,16 +47,17 @@ import argparse
 
 from tqdm import tqdm
 
-from core.data import list_images, random_trimap, sample_rng, trimap_from_alpha
+from core.data import list_images, sample_rng
 from core.imageio import write_image
-from core.trimap import DEFAULT_TOL, DEFAULT_WIDTH_FRAC, read_mask, thresholds, trimap_from_mask, width_from_frac
+from core.trimap import (DEFAULT_TOL, DEFAULT_WIDTH_FRAC, random_trimap, read_mask, thresholds, trimap_from_alpha,
+                         trimap_from_mask, width_from_frac)
 from core.utils import UserError, run_cli
 
 
 def train_trimap(alpha, seed, name, kernel_size=None, iterations=None):
     """The training-time trimap (SPEC §6 step 6) of ``alpha`` (uint8 H×W), reproducible per (seed, file name).
 
-    Kernel size and iterations are drawn with :func:`core.data.random_trimap`
+    Kernel size and iterations are drawn with :func:`core.trimap.random_trimap`
     from :func:`core.data.sample_rng` (seed, 0, base name of ``name``) unless
     both are given.
     """

@@ -43,6 +43,7 @@ import numpy as np
 from core.utils import UserError, run_cli
 from core.imageio import write_bytes_atomic, write_image
 from core.composite import COCO2014_PREFIX, composite_reference
+from core.trimap import trimap_from_alpha
 
 BG_SCALES = (0.6, 1.4, 1.0, 1.8, 0.8)  # cycled, so every pool has backgrounds smaller and larger than a fg
 JPEG_FG = [cv2.IMWRITE_JPEG_QUALITY, 95]
@@ -116,16 +117,6 @@ def make_foreground(rng, h, w):
     w_hair = (hair > 0).astype(np.float32) * (1 - body)
     fg = fg * (1 - w_hair[..., None]) + hair_colour * w_hair[..., None]
     return np.rint(np.clip(fg, 0, 255)).astype(np.uint8), np.rint(alpha * 255).astype(np.uint8)
-
-
-def trimap_from_alpha(alpha, kernel_size, iterations):
-    """SPEC §6's trimap rule (0/128/255), :func:`core.data.trimap_from_alpha`.
-
-    Imported on use: core.data imports torch, which this tool otherwise does not need.
-    """
-    from core.data import trimap_from_alpha as rule
-
-    return rule(alpha, kernel_size, iterations)
 
 
 def _side(rng, size, lo, hi):
