@@ -192,3 +192,15 @@ def test_shards_gathered_and_summarized_equal_one_run(tmp_path, one_thread):
     assert folder.summarize(gathered[:1], stopped=True).means is None
     unscored = folder.predict_pairs(model, pairs[:1], None, progress=False, **kw)[0]
     assert unscored[0].metrics is None and folder.summarize(unscored).rows == {}
+
+
+def test_training_time_testing_uses_the_same_options():
+    from core import train
+
+    argv = ["--crop_or_resize", "resize", "--size_h", "64", "--size_w", "96", "--stage", "2", "--amp"]
+    on_gpu = train.test_options(train.build_parser().parse_args(argv + ["--cuda", "--test_precision", "fp16"]))
+    assert on_gpu.predict_kwargs() == dict(mode="resize", max_size=1600, size=(64, 96), stage=2, amp=True,
+                                           tile_size=512, tile_overlap=64, precision="fp16")
+    assert train.test_options(train.build_parser().parse_args(argv)).amp is False  # --amp tests on the GPU only
+    with pytest.raises(UserError, match="^--precision fp16 needs a CUDA GPU"):
+        train.test_options(train.build_parser().parse_args(argv + ["--test_precision", "fp16"]))
