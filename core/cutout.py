@@ -26,6 +26,7 @@ Command-line glue for ``core/test.py`` and ``core/demo.py``:
 :func:`add_cutout_args`, :func:`cutout_options` and :func:`write_cutouts`.
 """
 
+import argparse
 import importlib.util
 import math
 import os
@@ -276,16 +277,22 @@ def checkerboard(h, w, cell=16, light=204, dark=153):
 # --------------------------------------------------------------------------- #
 # Command-line glue (core/test.py, core/demo.py)
 # --------------------------------------------------------------------------- #
-def add_cutout_args(parser):
-    """Add ``--rgba``, ``--background COLOUR|IMAGE`` (repeatable) and ``--fg_backend`` to an argparse parser."""
+def add_cutout_args(parser, rgba=True, background_help=None):
+    """Add ``--rgba``, ``--background COLOUR|IMAGE`` (repeatable) and ``--fg_backend`` to an argparse parser.
+
+    ``rgba=False``: --rgba is accepted but not shown; ``background_help`` replaces --background's help
+    (the page: one colour to show, no files).
+    """
     group = parser.add_argument_group("cut-outs")
     group.add_argument("--rgba", action="store_true",
                        help=f"also write an RGBA cut-out per image: <saveDir>/{CUTOUT_DIR}/<name>_rgba.png "
-                            "(foreground colours estimated so no old background shows in hair)")
+                            "(foreground colours estimated so no old background shows in hair)" if rgba
+                       else argparse.SUPPRESS)
     group.add_argument("--background", action="append", default=None, metavar="COLOUR|IMAGE",
-                       help=f"also write the subject over a new background: <saveDir>/{CUTOUT_DIR}/<name>_bg_<bg>.png, "
-                            "<bg> the colour's name or hex digits or the image's file stem; a colour (#RRGGBB, "
-                            "R,G,B, white, black, green, …) or an image (resized to cover); repeat for several")
+                       help=background_help or
+                       f"also write the subject over a new background: <saveDir>/{CUTOUT_DIR}/<name>_bg_<bg>.png, "
+                       "<bg> the colour's name or hex digits or the image's file stem; a colour (#RRGGBB, "
+                       "R,G,B, white, black, green, …) or an image (resized to cover); repeat for several")
     group.add_argument("--fg_backend", choices=BACKENDS, default="auto",
                        help="foreground estimator: pymatting (pip install pymatting), numpy, or auto "
                             "(pymatting when installed; default)")

@@ -37,8 +37,8 @@ from core.data import list_images
 from core.imageio import read_gray, read_image, write_image
 from core.metrics import format_table, read_alpha, read_prediction
 from core.cutout import cutout_options
-from core.test import (REPO_ROOT, RELEASED_MODEL, Pair, add_inference_args, check_inference_args, check_pairs,
-                       find_pairs, inference_kwargs, load_for_inference, log_cutouts, log_speed, predict_folder)
+from core.folder import Pair, check_pairs, find_pairs, load_for_inference, log_cutouts, log_speed, predict_folder
+from core.options import REPO_ROOT, RELEASED_MODEL, InferenceOptions, add_inference_args
 from core.segment import Segmenter, WeightsError, add_segmenter_args
 from core.trimap import DEFAULT_WIDTH_FRAC, photo_trimap
 from core.utils import UserError, plural, run_cli, select_device, setup_logging
@@ -205,13 +205,13 @@ def check_auto_args(args):
 def main(argv=None):
     args = parse_args(argv)
     logger = setup_logging()
-    check_inference_args(args)
+    options = InferenceOptions.from_args(args)
     cutout = cutout_options(args)
     check_auto_args(args)
-    model, _ = load_for_inference(args, logger)  # first: a missing model is the likeliest problem
+    model, _ = load_for_inference(options, logger)  # first: a missing model is the likeliest problem
     pairs, refused = demo_pairs(args, logger)
-    check_pairs(pairs, args.crop_or_resize, args.max_size, progress=False)
-    result = predict_folder(model, pairs, args.saveDir, score=True, cutout=cutout, **inference_kwargs(args))
+    check_pairs(pairs, options.mode, options.max_size, progress=False)
+    result = predict_folder(model, pairs, args.saveDir, score=True, cutout=cutout, **options.predict_kwargs())
     log_speed(logger, result.seconds)
     sides = write_side_by_side(pairs, args.saveDir)
     logger.info(f"wrote {plural(len(pairs), 'matte')} to {args.saveDir} and "

@@ -51,10 +51,11 @@ from core.imageio import write_bytes_atomic
 from core.inference import MODES
 from core.losses import stage_loss
 from core.metrics import format_table
+from core.folder import check_pairs, find_pairs, predict_folder
 from core.network import build_model, freeze_encoder_decoder
 from core.ops.capabilities import PRECISIONS
+from core.options import InferenceOptions
 from core.stages import STAGES, batch_keys, stage_info
-from core.test import check_pairs, check_precision_arg, find_pairs, predict_folder
 from core.utils import UserError, dist_env, run_cli, seed_everything, select_device, setup_logging
 
 # Config keys whose change on --resume is worth a log line.
@@ -155,8 +156,6 @@ def parse_args(argv=None):
               (args.threads >= 0, "--threads must be 0 or more"),
               (args.printFreq >= 1, "--printFreq must be at least 1"),
               (args.seed >= 0, "--seed must be a non-negative integer"),
-              (args.max_size >= 32 and (args.max_size % 32 == 0 or args.crop_or_resize != "whole"),
-               f"--max_size must be a positive multiple of 32 (the network's input sides are), got {args.max_size}"),
               (args.dist_timeout > 0, "--dist_timeout must be positive"),
               (args.size_h > 0 and args.size_w > 0 and args.size_h % 32 == 0 and args.size_w % 32 == 0,
                "--size_h/--size_w must be positive multiples of 32 (the network's input), "
@@ -164,6 +163,7 @@ def parse_args(argv=None):
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
+    test_options(args)  # the testing flags: core/test.py's checks and messages
     data.parse_crop_sizes(args.crop_h, args.crop_w)  # raises UserError on a bad list
     if args.online:
         missing = [f for f, v in (("--adobeDir", args.adobeDir), ("--cocoDir", args.cocoDir)) if not v]
@@ -190,6 +190,13 @@ def parse_args(argv=None):
     if args.log is None:
         args.log = os.path.join(args.saveDir, "train.log")
     return args
+
+
+def test_options(args):
+    """The testing flags as :class:`core.options.InferenceOptions` (validated: UserError on bad values)."""
+    return InferenceOptions(mode=args.crop_or_resize, max_size=args.max_size, size=(args.size_h, args.size_w),
+                            stage=args.stage, amp=bool(args.amp and args.cuda), precision=args.test_precision,
+                            cuda=args.cuda)
 
 
 # ---------------------------------------------------------------- small pieces other modules may reuse
@@ -306,8 +313,7 @@ class Trainer:
         self.args, self.rank, self.world, self.device, self.log = args, rank, world, device, log
         self.amp = bool(args.amp)
         self.amp_dtype = amp_dtype(args.amp_dtype, device)
-        if args.testImgDir:
-            check_precision_arg(args.test_precision, device)
+        self.test_options = test_options(args)
         self.stop = StopRequest()
         self.best_sad = math.inf
         self.start_epoch, self.start_iter, self.pending_test = 1, 0, False
@@ -437,10 +443,8 @@ class Trainer:
         self.log.info(f"testing after epoch {epoch} ({a.crop_or_resize}, max size {a.max_size})")
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = False  # test images come in many sizes
-        result = predict_folder(self.model, self.test_pairs, save_dir=a.testResDir or None, mode=a.crop_or_resize,
-                                max_size=a.max_size, size=(a.size_h, a.size_w), stage=a.stage,
-                                amp=self.amp and self.device.type == "cuda", precision=a.test_precision,
-                                score=True, should_stop=self.stop)
+        result = predict_folder(self.model, self.test_pairs, save_dir=a.testResDir or None, score=True,
+                                should_stop=self.stop, **self.test_options.predict_kwargs())
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         if result.stopped:

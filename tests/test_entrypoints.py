@@ -18,10 +18,12 @@ from metric_by_hand import sad_mse_by_hand  # noqa: E402
 from reference_impl import assert_same_matte, init_unsaturated, reference_from_state_dict, reference_predict  # noqa: E402
 
 from core import demo as demo_mod  # noqa: E402
+from core import folder as folder_mod  # noqa: E402
 from core import test as test_mod  # noqa: E402
 from core.checkpoint import RELEASE_URL, save_checkpoint  # noqa: E402
 from core.metrics import compute_metrics  # noqa: E402
 from core.network import DIMNet  # noqa: E402
+from core.options import RELEASED_MODEL  # noqa: E402
 from core.utils import run_cli  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -236,30 +238,30 @@ def test_test_py_bad_sizes(tmp_path, ckpt, extra, flag, capsys):
 def test_trimap_values_other_than_0_128_255_warn(tmp_path):
     root = make_folder(tmp_path / "data")
     cv2.imwrite(str(root / "trimap" / "a.png"), np.full((64, 96), 100, np.uint8))
-    pairs = test_mod.find_pairs(str(root / "image"), str(root / "trimap"))
+    pairs = folder_mod.find_pairs(str(root / "image"), str(root / "trimap"))
     with pytest.warns(UserWarning, match="a.png.*6144 pixels"):
-        test_mod.check_pairs(pairs, progress=False)
+        folder_mod.check_pairs(pairs, progress=False)
 
 
 def test_find_pairs(tmp_path):
     root = make_folder(tmp_path / "data")
     (root / "trimap" / "extra.png").write_bytes((root / "trimap" / "a.png").read_bytes())  # ignored
-    pairs = test_mod.find_pairs(str(root / "image"), str(root / "trimap"), str(root / "alpha"))
+    pairs = folder_mod.find_pairs(str(root / "image"), str(root / "trimap"), str(root / "alpha"))
     assert [p.name for p in pairs] == ["a.png", "b.png", "c.png"]
     assert pairs[1].image.endswith("b.jpg") and pairs[1].trimap.endswith("b.png")
     assert pairs[1].alpha.endswith(os.path.join("alpha", "b.png"))
     (root / "alpha" / "b.png").unlink()
-    pairs = test_mod.find_pairs(str(root / "image"), str(root / "trimap"), str(root / "alpha"), alpha_required=False)
+    pairs = folder_mod.find_pairs(str(root / "image"), str(root / "trimap"), str(root / "alpha"), alpha_required=False)
     assert [p.alpha is None for p in pairs] == [False, True, False]
 
 
 def test_predict_folder_for_training_time_validation(tmp_path, model):
     root = make_folder(tmp_path / "data")
-    pairs = test_mod.find_pairs(str(root / "image"), str(root / "trimap"), str(root / "alpha"))
+    pairs = folder_mod.find_pairs(str(root / "image"), str(root / "trimap"), str(root / "alpha"))
     kw = dict(mode="resize", size=(32, 32), score=True, progress=False)
     model.train()
     try:
-        result = test_mod.predict_folder(model, pairs[:2], None, **kw)  # nothing written
+        result = folder_mod.predict_folder(model, pairs[:2], None, **kw)  # nothing written
         assert model.training  # train/eval mode restored
     finally:
         model.eval()
@@ -268,7 +270,7 @@ def test_predict_folder_for_training_time_validation(tmp_path, model):
     assert result.means["sad"] == pytest.approx((result.rows["a.png"]["sad"] + result.rows["b.png"]["sad"]) / 2)
     assert not any(tmp_path.rglob("pred*"))
     # The same rows when written and re-read from disk.
-    written = test_mod.predict_folder(model, pairs[:2], str(tmp_path / "pred"), **kw)
+    written = folder_mod.predict_folder(model, pairs[:2], str(tmp_path / "pred"), **kw)
     assert written.rows == result.rows
     for name in written.rows:
         pred = cv2.imread(str(tmp_path / "pred" / name), cv2.IMREAD_UNCHANGED)
@@ -279,8 +281,8 @@ def test_predict_folder_for_training_time_validation(tmp_path, model):
         assert (row["sad"], row["mse"]) == pytest.approx(sad_mse_by_hand(pred, gt, trimap), rel=1e-6)
     # should_stop ends the loop before the next image.
     calls = []
-    stopped = test_mod.predict_folder(model, pairs, None, should_stop=lambda: len(calls.append(1) or calls) > 1,
-                                      **kw)
+    stopped = folder_mod.predict_folder(model, pairs, None, should_stop=lambda: len(calls.append(1) or calls) > 1,
+                                        **kw)
     assert stopped.stopped and len(stopped.seconds) == 1 and stopped.means is None
 
 
@@ -364,7 +366,7 @@ def subprocess_runs(tmp_path_factory, ckpt):
         "help_module": [sys.executable, "-m", "core.test", "--help"],
         "error": [sys.executable, "core/test.py", *folder_args(root, ckpt, root / "pred")],
     }
-    if not (REPO / "model" / test_mod.RELEASED_MODEL).exists():
+    if not (REPO / "model" / RELEASED_MODEL).exists():
         commands["demo_no_model"] = [sys.executable, "core/demo.py", "--saveDir", str(root / "demo"), "--no_download"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     envs = {k: env for k in commands}

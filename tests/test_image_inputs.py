@@ -23,7 +23,7 @@ from core.checkpoint import load_model, save_checkpoint
 from core.imageio import MAX_PIXELS, decode, read_gray, read_image, read_unchanged
 from core.metrics import compute_metrics, read_alpha, read_trimap
 from core.network import DIMNet
-from core.test import find_pairs, predict_folder
+from core.folder import find_pairs, predict_folder
 from core.utils import UserError
 from tests.conftest import ROOT
 

@@ -22,7 +22,7 @@ from reference_impl import (assert_same_matte, init_unsaturated, reference_forwa
 
 from core.inference import force_known, predict, predict_matte, truncate_to_uint8, whole_size  # noqa: E402
 from core.network import DIMNet  # noqa: E402
-from core.test import Pair, predict_folder  # noqa: E402
+from core.folder import Pair, predict_folder  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -39,18 +39,17 @@ import shutil
 import signal
 import tempfile
 import time
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
 
 from core.cutout import (checkerboard, composite_on, estimate_foreground, make_rgba, parse_colour,
                          pymatting_available)
+from core.folder import load_for_inference
 from core.imageio import read_gray, read_image, read_unchanged, write_image
 from core.inference import predict_matte, whole_size
 from core.segment import Segmenter, add_segmenter_args
-from core.test import (REPO_ROOT, RELEASED_MODEL, add_inference_args, check_inference_args, inference_kwargs,
-                       load_for_inference)
+from core.options import REPO_ROOT, RELEASED_MODEL, InferenceOptions, add_inference_args
 from core.utils import UserError, run_cli, setup_logging
 from core.trimap import ALPHA as SUBJECT_ALPHA, MASK as SUBJECT_MASK, SEGMENTER as SUBJECT_SEGMENTER
 from core.trimap import DEFAULT_WIDTH_FRAC, subject_mask, subject_source, trimap_from_mask, width_from_frac
@@ -174,23 +173,22 @@ def check_request(image, trimap, mode, max_pixels):
 class Matting:
     """The model, loaded once, and the page's and the API's work on it."""
 
-    def __init__(self, args, logger, out_root):
+    def __init__(self, args, options, logger, out_root):
         self.args = args
+        self.options = options
         self.logger = logger
         self.out_root = out_root
-        self.model, _ = load_for_inference(args, logger)
+        self.model, _ = load_for_inference(options, logger)
         # Names are checked now; its weights load (or download) on the first photo that needs them.
         self.segmenter = Segmenter(args.segmenter, args.classes, next(self.model.parameters()).device, download=not args.no_download)
         self.max_pixels = int(args.max_megapixels * 1e6)
 
     def matte(self, image, trimap, mode):
         """(uint8 matte, mode used) for BGR ``image`` and ``trimap``, as core/test.py computes it."""
-        mode = choose_mode(mode, *trimap.shape, self.args.max_size)
+        mode = choose_mode(mode, *trimap.shape, self.options.max_size)
         check_request(image, trimap, mode, self.max_pixels)
-        kw = inference_kwargs(self.args)
-        kw["mode"] = mode
         start = time.perf_counter()
-        matte = predict_matte(self.model, image, trimap, **kw)
+        matte = predict_matte(self.model, image, trimap, **self.options.predict_kwargs(mode))
         self.logger.info(f"{trimap.shape[1]}×{trimap.shape[0]} {mode}: {time.perf_counter() - start:.2f} s")
         return matte, mode
 
@@ -372,24 +370,20 @@ def parse_args(argv=None):
     parser.add_argument("--max_megapixels", type=float, default=40.0,
                         help="largest photo the page takes, in megapixels (default: 40)")
     add_segmenter_args(parser.add_argument_group("automatic trimaps (a photo without alpha channel or upload)"))
-    add_inference_args(parser, resume_default=os.path.join(REPO_ROOT, "model", RELEASED_MODEL))
-    for action in parser._actions:  # the page's modes: whole, tile, or auto (whole when the photo fits)
-        if action.dest == "crop_or_resize":
-            action.choices, action.default = MODES, AUTO
-            action.help = ("the page's default mode: whole, tile, or auto (default): whole when both sides fit "
-                           "--max_size, else tile")
-        elif action.dest == "background":
-            action.help = "the page's cut-out colour (#RRGGBB, R,G,B, white, green, …; default: a checkerboard)"
-        elif action.dest in ("size_h", "size_w", "rgba"):  # crop/resize modes and --rgba: not on the page
-            action.help = argparse.SUPPRESS
+    # the page's modes: whole, tile, or auto (whole when the photo fits); no crop/resize sizes, no --rgba files
+    add_inference_args(parser, resume_default=os.path.join(REPO_ROOT, "model", RELEASED_MODEL), modes=MODES,
+                       mode_default=AUTO, mode_help="the page's default mode: whole, tile, or auto (default): whole "
+                                                    "when both sides fit --max_size, else tile",
+                       crop_sizes=False, rgba=False,
+                       background_help="the page's cut-out colour (#RRGGBB, R,G,B, white, green, …; default: a "
+                                       "checkerboard)")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     logger = setup_logging()
-    for mode in ("whole", "tile"):  # auto may use either
-        check_inference_args(SimpleNamespace(**{**vars(args), "crop_or_resize": mode}))
+    options = InferenceOptions.from_args(args, modes=("whole", "tile"))  # auto may use either
     if args.fg_backend == "pymatting" and not pymatting_available():
         raise UserError("--fg_backend pymatting: pymatting is not installed (pip install pymatting)")
     page_colour(args.background)  # a bad --background fails before the model loads
@@ -407,7 +401,7 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so that atexit cleans up on `kill`
     out_root = os.path.join(temp_root, "results")
     os.makedirs(out_root)
-    matting = Matting(args, logger, out_root)
+    matting = Matting(args, options, logger, out_root)
     page = build_page(gr, matting)
     logger.info(f"temporary files in {temp_root} (removed on exit)")
     page.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, share=args.share,
