@@ -377,8 +377,15 @@ def test_train_sh_passes_the_reference_settings(tmp_path):
     for sub in ("image", "fg", "bg", "alpha"):
         (root / "Training_set" / "comp" / sub).mkdir(parents=True)
     (root / "Test_set" / "comp" / "image").mkdir(parents=True)
-    stub = tmp_path / "python"  # prints the command line instead of training; `-c` (the GPU probe): exit $STUB_GPU
-    stub.write_text("#!/bin/sh\n[ \"$1\" = -c ] && exit \"${STUB_GPU:-1}\"\nfor a in \"$@\"; do echo \"$a\"; done\n")
+    # prints the command line instead of training; the device choice (`-m core.utils device …`) runs the real
+    # core.utils with a GPU seen when STUB_GPU=0
+    probe = ("import os, sys, core.utils as u; "
+             "u.script_device.__defaults__ = (lambda: os.environ.get('STUB_GPU', '1') == '0',); "
+             "u.run_cli(u._device_command, sys.argv[3:])")
+    stub = tmp_path / "python"
+    stub.write_text(f"#!/bin/sh\nif [ \"$1\" = -m ] && [ \"$2\" = core.utils ]; then\n"
+                    f"  exec {sys.executable} -c \"{probe}\" \"$@\"\nfi\n"
+                    "for a in \"$@\"; do echo \"$a\"; done\n")
     stub.chmod(0o755)
 
     def sh(*extra, **env):
@@ -415,7 +422,7 @@ def test_train_sh_passes_the_reference_settings(tmp_path):
     assert proc.stderr.splitlines()[0] == "train.sh: training on the CPU (torch sees no GPU)"
     proc = sh(DATA_ROOT=str(root), PRETRAIN="", CUDA="1")
     assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.count("\n") == 1
-    assert proc.stderr.startswith("train.sh: CUDA=1 but torch sees no CUDA device") and "--cuda" not in proc.stderr
+    assert proc.stderr.startswith("error: CUDA=1 but torch sees no CUDA device") and "--cuda" not in proc.stderr
     # --online: the Adobe set and COCO instead of Training_set/comp, which it does not need
     online = tmp_path / "online" / "Combined_Dataset"
     (online / "Training_set").mkdir(parents=True)
