@@ -147,6 +147,39 @@ def worker_init_fn(worker_id):
     np.random.seed(seed)
 
 
+def worker_count(value):
+    """``--threads``: ``auto`` or a count ≥ 0 (argparse type; ValueError otherwise)."""
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    n = int(value)
+    if n < 0:
+        raise ValueError(value)
+    return n
+
+
+def resolve_workers(threads, local_processes=None):
+    """DataLoader workers per process: ``threads`` as given, or for ``auto`` the CPUs this process may
+    use (its affinity), shared among the ``local_processes`` of this machine (torchrun's
+    ``LOCAL_WORLD_SIZE``), less one for the training process itself, at most 16."""
+    if threads != "auto":
+        return int(threads)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    local = local_processes or int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(0, min(16, cpus // max(1, local) - 1))
+
+
+def loader_options(workers, device):
+    """DataLoader keywords for long runs: workers kept between epochs (the epoch reaches them through
+    shared memory), 4 batches prefetched per worker, pinned memory for a CUDA device."""
+    options = {"num_workers": workers, "pin_memory": torch.device(device).type == "cuda"}
+    if workers > 0:
+        options.update(persistent_workers=True, prefetch_factor=4)
+    return options
+
+
 # ---------------------------------------------------------------- sampling steps (SPEC §6)
 
 def choose_crop_size(crop_sizes, rng):
