@@ -317,23 +317,21 @@ def training_batch(batch, device):
 
 
 def composite_uint8(fg, bg, alpha):
-    """:func:`core.composite.composite_reference` in integers, equal for every uint8 input.
+    """:func:`core.composite.composite_reference` in integers: equal for every uint8 input, a few times faster.
 
-    round(fg·a/255 + bg·(1 − a/255)) with the float64 error far below the 1/510 that
-    separates N/255 from a tie, so it is (N + 127) // 255 with N = fg·a + bg·(255 − a),
-    all in uint16. ``alpha`` H×W×C or H×W (broadcast over channels); uint8 H×W×C out.
+    The reference rounds fg·a/255 + bg·(1 − a/255), computed in float64, to the nearest integer.
+    The exact value is N/255 with N = fg·a + bg·(255 − a) ≤ 65025, never a tie (N/255 is
+    k + j/255), and float64's error is far below the 1/510 from a tie, so the result is N/255
+    rounded: N in uint16 by OpenCV's widening multiply, then OpenCV's ``convertScaleAbs``
+    by 1/255, which rounds to nearest (tests/test_data_cache.py checks all 256³ inputs).
+    ``fg``, ``bg`` uint8 H×W×3; ``alpha`` uint8 H×W×3 or H×W (the same for every channel).
     """
-    a = np.asarray(alpha, dtype=np.uint16)
-    if a.ndim == fg.ndim - 1:
-        a = a[..., None]
-    x = np.asarray(fg, dtype=np.uint16) * a
-    x += np.asarray(bg, dtype=np.uint16) * (np.uint16(255) - a)
-    x += np.uint16(127)  # round half up (no ties occur)
-    q = x >> 8
-    x += np.uint16(1)
-    x += q  # x // 255 == (x + 1 + (x >> 8)) >> 8 for x < 65535; here x ≤ 65407 throughout
-    x >>= 8
-    return x.astype(np.uint8)
+    fg, bg, a = (np.ascontiguousarray(x) for x in (fg, bg, alpha))
+    if a.ndim == 2:
+        a = cv2.merge([a] * fg.shape[2])
+    n = cv2.multiply(fg, a, dtype=cv2.CV_16U)
+    n = cv2.add(n, cv2.multiply(bg, cv2.bitwise_not(a), dtype=cv2.CV_16U))  # ≤ 65025: no saturation
+    return cv2.convertScaleAbs(n, alpha=1 / 255).reshape(fg.shape)
 
 
 def finish_sample(image, fg, bg, alpha, rng, size, name):
@@ -394,13 +392,19 @@ class Sources:
         return self._get(path, BGR_ENTRY, lambda p: {"bgr": read_image(p)})["bgr"]
 
     def alpha(self, path):
-        """(alpha for blending: H×W, or H×W×3 when its channels differ; channel 0 H×W; per-row unknown counts)."""
+        """(alpha for blending: H×W, or H×W×3 when its channels differ; channel 0 H×W; per-row unknown
+        counts, or None when not cached)."""
+        if self.cache is None:
+            alpha3 = read_image(path)
+            return alpha3, alpha3[:, :, 0], None
         got = self._get(path, ALPHA_ENTRY, _decode_alpha)
         a = got["alpha"]
         return a, (a if a.ndim == 2 else a[:, :, 0]), got["rows"]
 
     def gray(self, path):
-        """(:func:`core.imageio.read_gray` of ``path``, its per-row unknown counts)."""
+        """(:func:`core.imageio.read_gray` of ``path``, its per-row unknown counts or None when not cached)."""
+        if self.cache is None:
+            return read_gray(path), None
         got = self._get(path, GRAY_ENTRY, _decode_gray)
         return got["gray"], got["rows"]
 

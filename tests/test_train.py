@@ -210,11 +210,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 
 
 def test_a_few_iterations_lower_the_loss_on_a_fixed_batch(dataset):
-    from core.data import CompositedDataset
+    from core.data import CompositedDataset, training_batch
 
     torch.manual_seed(0)
     ds = CompositedDataset(dataset["image"], dataset["fg"], dataset["bg"], dataset["alpha"], ((32, 32),), (32, 32))
-    batch = {k: v[None] for k, v in ds[0].items() if k != "name"}
+    batch = training_batch(torch.utils.data.default_collate([ds[0]]), "cpu")
     model = build_model(1)
     train.init_weights(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
