@@ -120,7 +120,11 @@ class SourceCache:
             return out
         built = build()
         for kind in kinds:
-            write_entry(paths[kind], built[kind])
+            try:
+                write_entry(paths[kind], built[kind])
+            except OSError as exc:  # a full or read-only disk: train on, uncached
+                self._warn(f"cannot write cache entry {paths[kind]} ({exc.strerror or exc}): "
+                           f"{source} stays uncached")
         return {kind: built[kind] for kind in kinds}
 
     def has(self, source, kinds):

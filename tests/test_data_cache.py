@@ -326,3 +326,17 @@ def test_two_process_run_with_a_cache_trains_the_same_weights(tmp_path):
         out[name] = torch.load(tmp_path / name / "ckpt_last.pth", weights_only=True)
     assert out["cached"]["train_state"]["world_size"] == 2
     assert tensors_equal(out["plain"]["state_dict"], out["cached"]["state_dict"])
+
+
+def test_a_full_disk_serves_the_decoded_image_uncached_with_one_warning(synthetic, tmp_path, monkeypatch):
+    from core import cache as cache_module
+
+    sources = data.Sources(tmp_path / "c")
+    path = online(synthetic).jobs[0]["fg"]
+    monkeypatch.setattr(cache_module, "write_entry", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left")))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first, second = sources.bgr(path), sources.bgr(path)
+    assert np.array_equal(first, cv2.imread(path)) and np.array_equal(second, first)
+    assert len(caught) == 1 and "No space left" in str(caught[0].message)
+    assert SourceCache(tmp_path / "c").disk_bytes() == (0, 0)
