@@ -164,6 +164,9 @@ def parse_args(argv=None):
               (args.printFreq >= 1, "--printFreq must be at least 1"),
               (args.seed >= 0, "--seed must be a non-negative integer"),
               (args.dist_timeout > 0, "--dist_timeout must be positive"),
+              (not args.cache_backgrounds or (args.online and args.cache_dir),
+               "--cache_backgrounds needs --online and --cache_dir DIR (offline composites cache all four "
+               "images with --cache_dir alone)"),
               (args.size_h > 0 and args.size_w > 0 and args.size_h % 32 == 0 and args.size_w % 32 == 0,
                "--size_h/--size_w must be positive multiples of 32 (the network's input), "
                f"got {args.size_h}×{args.size_w}")]
