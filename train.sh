@@ -20,6 +20,9 @@
 #   CUDA          1: the GPU (an error without one), 0: the CPU [unset: the GPU when torch sees one, else the CPU]
 #   LOG_FILE      log file [$SAVE_DIR/train.log] (passed as --logFile: torchrun takes --log… for itself)
 #   TEST_RES_DIR  also write the test predictions there [not written]
+#   CACHE_DIR     decode the training images once into this folder and read them back memory-mapped
+#                 (--cache_dir; fill it ahead with tools/build_cache.py, docs/training.md) [no cache]
+#   THREADS       data-loader workers per process (--threads); auto: this process's share of the CPUs, less one [4]
 #   PYTHON        Python interpreter [python]
 set -euo pipefail
 
@@ -83,7 +86,7 @@ done
 args=(
     --crop_h=320,480,640 --crop_w=320,480,640 --size_h=320 --size_w=320
     --saveDir="$SAVE_DIR" --batchSize=1 --nEpochs=12 --step=-1 --lr=0.00001 --wl_weight=0.5
-    --threads=4 --printFreq=10 --ckptSaveFreq=1 --seed=123 --stage="$STAGE"
+    --threads="${THREADS:-4}" --printFreq=10 --ckptSaveFreq=1 --seed=123 --stage="$STAGE"
     --logFile="$LOG_FILE"
 )
 if [ "$ONLINE" = 1 ]; then
@@ -92,6 +95,7 @@ if [ "$ONLINE" = 1 ]; then
 else
     args+=(--imgDir="$TRAIN_DIR/image" --fgDir="$TRAIN_DIR/fg" --bgDir="$TRAIN_DIR/bg" --alphaDir="$TRAIN_DIR/alpha")
 fi
+if [ -n "${CACHE_DIR:-}" ]; then args+=(--cache_dir="$CACHE_DIR"); fi
 if [ -n "$PRETRAIN" ]; then
     if [ ! -f "$PRETRAIN" ]; then
         hint="run python tools/chg_model.py first (it writes model/vgg_state_dict.pth)"

@@ -3,7 +3,7 @@
     python bench/gpu_check.py                          # CUDA: about 2–5 minutes on one GPU
     python bench/gpu_check.py --device cpu --quick     # the same steps, tiny, on the CPU (DDP over gloo)
 
-Three parts, each row of the table saying ok or FAILED (exit status 1 when any failed):
+Four parts, each row of the table saying ok or FAILED (exit status 1 when any failed):
 
 * **inference**, ``whole`` mode on a synthetic 1600×1280 image (the network
   input, no resizing) with the benchmark's fixed random weights: ``fp32``
@@ -20,6 +20,12 @@ Three parts, each row of the table saying ok or FAILED (exit status 1 when any f
   and under ``--amp`` (float16 + GradScaler, and bfloat16), with
   ``cudnn.benchmark`` off and on — samples/s after 5 warm-up iterations, peak
   memory, every loss finite and float32;
+* **loader**: stage 1 in float32 at batch 8 fed by the real loader (a synthetic
+  set on disk at real sizes, 1920×1080 foregrounds and 640×480 backgrounds,
+  online compositing with a warm ``--cache_dir``, core/train.py's DataLoader
+  settings and worker count, :func:`core.data.training_batch` on the device)
+  against the same steps on batches already on the device: samples/s of both,
+  and whether the loader keeps up (at least 90 % of the in-memory rate);
 * **DDP**: ``torchrun`` on every visible GPU with NCCL (2 CPU processes with
   gloo under ``--device cpu``), 20 iterations of stage 1; the parameters must
   be identical on every rank afterwards.
@@ -177,7 +183,9 @@ def training_batches(args, device):
     """A few stage-1 samples of synthetic composites (tools/make_synthetic.py, online compositing), on ``device``."""
     import torch
 
-    from core.data import OnlineCompositeDataset
+    from torch.utils.data import default_collate
+
+    from core.data import OnlineCompositeDataset, training_batch
     from tools.make_synthetic import make_dataset
 
     s = args.train_size
@@ -186,12 +194,13 @@ def training_batches(args, device):
         ds = OnlineCompositeDataset(paths["root_dir"], paths["train_bg_dir"], bg_per_fg=2, crop_sizes=((s, s),),
                                     size=(s, s), seed=0)
         samples = [ds[i] for i in range(min(len(ds), 8))]
-    keys = ("input", "alpha", "trimap", "image", "fg", "bg")
-    return [{k: torch.as_tensor(smp[k])[None].to(device) for k in keys} for smp in samples]
+    return [training_batch(default_collate([smp]), device) for smp in samples]
 
 
-def train_run(device, batches, iterations, amp=None, benchmark=False, seed=0, warmup=5):
-    """Stage-1 steps as core/train.py takes them; returns (samples/s, losses finite and float32, last loss)."""
+def train_run(device, batches, iterations, amp=None, benchmark=False, seed=0, warmup=5, get=None):
+    """Stage-1 steps as core/train.py takes them; returns (iterations/s, losses finite and float32, last loss).
+
+    ``get(it)``: the batch of iteration ``it`` (default: ``batches`` in turn)."""
     import torch
 
     from core.losses import stage_loss
@@ -213,7 +222,7 @@ def train_run(device, batches, iterations, amp=None, benchmark=False, seed=0, wa
         if it == warmup:
             sync(device)
             start = time.perf_counter()
-        batch = batches[it % len(batches)]
+        batch = get(it) if get else batches[it % len(batches)]
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             alpha, refined = model(batch["input"])
             terms = stage_loss(1, alpha, refined, batch)
@@ -251,6 +260,45 @@ def check_training(args, device, rows):
         rows.append([f"train {name}", setting, "", f"{rate:.1f} samples/s", peak_mib(device),
                      f"last loss {last:.5f}, all finite float32: {ok}", "ok" if ok else "FAILED"])
         report(rows)
+
+
+def check_loader(args, device, rows):
+    """Stage 1 fed by the real loader (warm cache, workers) against batches already on the device."""
+    import torch
+
+    from bench.data_throughput import make_layout
+    from core import data
+    from core.train import _worker_init
+
+    s, batch = args.train_size, 2 if args.quick else 8
+    fg, bg = ((96, 128), (48, 64)) if args.quick else ((1080, 1920), (480, 640))
+    crops = ((s, s), (s + s // 2, s + s // 2)) if args.quick else data.DEFAULT_CROP_SIZES
+    with tempfile.TemporaryDirectory(prefix="dim-gpu-check-") as tmp:
+        adobe, coco = make_layout(tmp, 2 if args.quick else 8, 4, fg, bg, seed=0)
+        ds = data.OnlineCompositeDataset(adobe, coco, bg_per_fg=4, crop_sizes=crops, size=(s, s), seed=0,
+                                         cache_dir=os.path.join(tmp, "cache"))
+        data.build_cache(ds, 1)
+        in_memory = [data.training_batch(torch.utils.data.default_collate([ds[(b * batch + i) % len(ds)]
+                                                                            for i in range(batch)]), device)
+                     for b in range(4)]
+        warmup = max(1, args.warmup)
+        mem_rate, mem_ok, _ = train_run(device, in_memory, args.iterations, warmup=warmup)
+        workers = 1 if args.quick else data.resolve_workers("auto")
+        sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=(warmup + args.iterations) * batch,
+                                                 generator=torch.Generator().manual_seed(0))
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler, worker_init_fn=_worker_init,
+                                             **data.loader_options(workers, device))
+        it = iter(loader)
+        rate, ok, last = train_run(device, None, args.iterations, warmup=warmup,
+                                   get=lambda _: data.training_batch(next(it), device))
+        del it, loader
+    mem_rate, rate = mem_rate * batch, rate * batch
+    keeps_up = rate >= 0.9 * mem_rate
+    setting = f"stage 1, {s}×{s}, batch {batch}, {args.iterations} it, {workers} workers, warm cache"
+    rows.append(["train loader", setting, "", f"{rate:.1f} samples/s", peak_mib(device),
+                 f"in memory {mem_rate:.1f} samples/s; loader keeps up: {'yes' if keeps_up else 'no'}",
+                 "ok" if ok and mem_ok else "FAILED"])
+    report(rows)
 
 
 # --------------------------------------------------------------------------- #
@@ -350,7 +398,7 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="where to run (cuda)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few iterations (the test suite's run)")
-    parser.add_argument("--parts", default="inference,training,ddp", help="comma-separated subset to run")
+    parser.add_argument("--parts", default="inference,training,loader,ddp", help="comma-separated subset to run")
     parser.add_argument("--ddp_worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--train_size", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--ddp_iterations", type=int, default=None, help=argparse.SUPPRESS)
@@ -370,8 +418,8 @@ def main(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("no CUDA device is visible: run on a GPU machine, or use --device cpu --quick")
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    if any(p not in ("inference", "training", "ddp") for p in parts):
-        raise UserError(f"--parts {args.parts!r}: choose from inference, training, ddp")
+    if any(p not in ("inference", "training", "loader", "ddp") for p in parts):
+        raise UserError(f"--parts {args.parts!r}: choose from inference, training, loader, ddp")
     device = torch.device(args.device)
     print(f"machine: {machine_summary(torch.get_num_threads())}")
     print(f"CPU: {cpu_model()}; {cpu_features()}")
@@ -387,6 +435,8 @@ def main(argv=None):
         check_inference(args, device, rows)
     if "training" in parts:
         check_training(args, device, rows)
+    if "loader" in parts:
+        check_loader(args, device, rows)
     if "ddp" in parts:
         check_ddp(args, device, rows)
     print(f"\nall checks ({time.perf_counter() - start:.0f} s; peak MiB = torch.cuda.max_memory_allocated, weights "

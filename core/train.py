@@ -86,6 +86,12 @@ def build_parser():
                                       "Adobe-licensed images/ and Other/)")
     o.add_argument("--cocoDir", help="MS-COCO train2017 images (the training backgrounds)")
     o.add_argument("--bgPerFg", type=int, default=100, help="backgrounds per foreground in the name lists")
+    c = p.add_argument_group("decoded-image cache (either data source; build it ahead with tools/build_cache.py)")
+    c.add_argument("--cache_dir", metavar="DIR",
+                   help="decode each training image once into DIR and read it back memory-mapped "
+                        "(same samples; see docs/training.md for its size)")
+    c.add_argument("--cache_backgrounds", action="store_true",
+                   help="with --online --cache_dir: cache the COCO backgrounds too (about 0.9 MB each)")
 
     t = p.add_argument_group("optimisation")
     t.add_argument("--stage", type=int, default=1, choices=tuple(STAGES),
@@ -96,7 +102,9 @@ def build_parser():
     t.add_argument("--lr", type=float, default=1e-5, help="Adam learning rate")
     t.add_argument("--step", type=int, default=-1, help="lr/10 from this epoch on (≤ 0: no decay)")
     t.add_argument("--wl_weight", type=float, default=0.5, help="alpha loss weight wl of the stage-1 loss")
-    t.add_argument("--threads", type=int, default=4, help="data-loader worker processes (0: load in the main process)")
+    t.add_argument("--threads", type=data.worker_count, default="auto",
+                   help="data-loader worker processes per process (0: load in the main process; auto: the CPUs "
+                        "this process may use, shared among the processes of this machine, minus one)")
     t.add_argument("--seed", type=int, default=123, help="random seed (each process uses seed + rank)")
     t.add_argument("--cuda", action="store_true", help="train on the GPU (default: CPU)")
     t.add_argument("--amp", action="store_true",
@@ -153,10 +161,12 @@ def parse_args(argv=None):
               (args.nEpochs >= 1, "--nEpochs must be at least 1"),
               (args.lr > 0 and math.isfinite(args.lr), "--lr must be a positive number"),
               (0 <= args.wl_weight <= 1, "--wl_weight must lie in [0, 1]"),
-              (args.threads >= 0, "--threads must be 0 or more"),
               (args.printFreq >= 1, "--printFreq must be at least 1"),
               (args.seed >= 0, "--seed must be a non-negative integer"),
               (args.dist_timeout > 0, "--dist_timeout must be positive"),
+              (not args.cache_backgrounds or (args.online and args.cache_dir),
+               "--cache_backgrounds needs --online and --cache_dir DIR (offline composites cache all four "
+               "images with --cache_dir alone)"),
               (args.size_h > 0 and args.size_w > 0 and args.size_h % 32 == 0 and args.size_w % 32 == 0,
                "--size_h/--size_w must be positive multiples of 32 (the network's input), "
                f"got {args.size_h}×{args.size_w}")]
@@ -331,17 +341,21 @@ class Trainer:
         crops = data.parse_crop_sizes(a.crop_h, a.crop_w)
         if a.online:
             self.dataset = data.OnlineCompositeDataset(a.adobeDir, a.cocoDir, a.bgPerFg, crops,
-                                                       (a.size_h, a.size_w), a.seed)
+                                                       (a.size_h, a.size_w), a.seed, cache_dir=a.cache_dir,
+                                                       cache_backgrounds=a.cache_backgrounds)
         else:
             self.dataset = data.CompositedDataset(a.imgDir, a.fgDir, a.bgDir, a.alphaDir, crops,
-                                                  (a.size_h, a.size_w), a.seed)
+                                                  (a.size_h, a.size_w), a.seed, cache_dir=a.cache_dir)
+        if a.cache_dir and self.rank == 0:
+            self.log.info(self.dataset.cache_report())
         self.sampler = ResumableSampler(self.dataset, num_replicas=self.world, rank=self.rank, shuffle=True,
                                         seed=a.seed)
-        self.loader = DataLoader(self.dataset, batch_size=a.batchSize, sampler=self.sampler, num_workers=a.threads,
-                                 pin_memory=self.device.type == "cuda", worker_init_fn=_worker_init,
-                                 persistent_workers=False)
+        workers = data.resolve_workers(a.threads)
+        self.loader = DataLoader(self.dataset, batch_size=a.batchSize, sampler=self.sampler,
+                                 **data.loader_options(workers, self.device), worker_init_fn=_worker_init)
         self.log.info(f"training set: {len(self.dataset)} samples ({'online' if a.online else 'offline'} "
-                      f"composites), {len(self.loader)} iterations per epoch and process, {self.world} process(es)")
+                      f"composites), {len(self.loader)} iterations per epoch and process, {self.world} process(es), "
+                      f"{workers} loader worker(s) each")
 
         model = build_model(a.stage, skip=a.skip, conv6_kernel=a.conv6_kernel)
         init_weights(model)
@@ -498,8 +512,8 @@ class Trainer:
                    disable=True if self.rank != 0 else None, dynamic_ncols=True)  # None: no bar when not a terminal
         try:
             for iteration, batch in enumerate(batches, start + 1):
-                x = batch["input"].to(self.device, non_blocking=True)
-                targets = {k: batch[k].to(self.device, non_blocking=True) for k in keys}
+                batch = data.training_batch(batch, self.device)
+                x, targets = batch["input"], {k: batch[k] for k in keys}
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                     alpha, refined = self.model(x)
                 terms = stage_loss(a.stage, alpha, refined, targets, a.wl_weight)

@@ -52,9 +52,15 @@ def _online(paths, **kw):
 
 
 def _assert_items_equal(a, b):
-    assert a["name"] == b["name"]
-    for key in ("input", "image", "fg", "bg", "alpha", "trimap"):
+    assert a["name"] == b["name"] and set(a) == set(b)
+    for key in set(a) - {"name"}:
         assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), (a["name"], key)
+
+
+def _float(item):
+    """One loader item as the training step sees it (core.data.training_batch), batch dimension dropped."""
+    batch = data.training_batch(torch.utils.data.default_collate([item]), "cpu")
+    return {k: v if k == "name" else v[0] for k, v in batch.items()} | {"name": item["name"]}
 
 
 def _slow_morph(img, kernel, iterations, dilate):
@@ -290,7 +296,10 @@ def test_item_keys_dtypes_shapes_and_ranges(synthetic):
     assert len(ds) == 10
     seen_unknown = False
     for index in range(len(ds)):
-        item = ds[index]
+        raw = ds[index]
+        assert set(raw) == {"image", "fg", "bg", "alpha", "trimap", "name"}
+        assert all(raw[k].dtype == torch.uint8 for k in raw if k != "name")  # uint8 across the process boundary
+        item = _float(raw)
         assert set(item) == {"input", "image", "fg", "bg", "alpha", "trimap", "name"}
         assert item["name"] == ds.files[index][0] and item["name"].endswith(".png")
         shapes = {"input": (4, 32, 32), "image": (3, 32, 32), "fg": (3, 32, 32), "bg": (3, 32, 32),
@@ -317,7 +326,7 @@ def test_sample_without_resize_is_the_reference_composite_of_its_fg_bg_alpha(syn
     # crop == size: no resize, so the image must be the reference blend of the returned fg, bg and alpha
     ds = _offline(synthetic, crop_sizes=((32, 32),), size=(32, 32))
     for index in range(len(ds)):
-        item = ds[index]
+        item = _float(ds[index])
         if item["name"].startswith(synthetic["odd_alpha"] + "_"):
             continue  # blended with a 3-channel alpha whose channels differ
         fg, bg, image = (item[k].numpy().transpose(1, 2, 0).astype(np.uint8) for k in ("fg", "bg", "image"))
@@ -367,12 +376,12 @@ def test_same_seed_and_epoch_give_the_same_samples_with_any_worker_count(synthet
     serial, parallel, other_epoch = run(0, 1), run(2, 1), run(0, 2)
     for a, b in zip(serial, parallel):
         assert a["name"] == b["name"]
-        for key in ("input", "image", "fg", "bg", "alpha", "trimap"):
+        for key in ("image", "fg", "bg", "alpha", "trimap"):
             assert torch.equal(a[key], b[key])
-    assert any(not torch.equal(a["input"], c["input"]) for a, c in zip(serial, other_epoch))
+    assert any(not torch.equal(a["image"], c["image"]) for a, c in zip(serial, other_epoch))
     reseeded = _offline(synthetic, crop_sizes=SMALL_CROPS, size=SMALL_SIZE, seed=12)
     reseeded.set_epoch(1)
-    assert any(not torch.equal(reseeded[i]["input"], ds[i]["input"]) for i in range(len(ds)))
+    assert any(not torch.equal(reseeded[i]["image"], ds[i]["image"]) for i in range(len(ds)))
 
 
 def test_online_equals_offline_on_a_real_full_size_alpha(tmp_path, dim_examples):

@@ -213,7 +213,7 @@ def test_gpu_check_quick_on_the_cpu():
                           capture_output=True, text=True, timeout=170)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     out = proc.stdout
-    for row in ("infer fp32", "infer bf16", "infer reference", "train fp32", "train amp", "ddp gloo"):
+    for row in ("infer fp32", "infer bf16", "infer reference", "train fp32", "train amp", "train loader", "ddp gloo"):
         assert row in out, out
     assert "FAILED" not in out
 

@@ -210,11 +210,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 
 
 def test_a_few_iterations_lower_the_loss_on_a_fixed_batch(dataset):
-    from core.data import CompositedDataset
+    from core.data import CompositedDataset, training_batch
 
     torch.manual_seed(0)
     ds = CompositedDataset(dataset["image"], dataset["fg"], dataset["bg"], dataset["alpha"], ((32, 32),), (32, 32))
-    batch = {k: v[None] for k, v in ds[0].items() if k != "name"}
+    batch = training_batch(torch.utils.data.default_collate([ds[0]]), "cpu")
     model = build_model(1)
     train.init_weights(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -390,7 +390,7 @@ def test_train_sh_passes_the_reference_settings(tmp_path):
 
     def sh(*extra, **env):
         e = {k: v for k, v in os.environ.items()
-             if k not in ("DATA_ROOT", "PRETRAIN", "NPROC", "CUDA", "STAGE", "COCO_DIR")}
+             if k not in ("DATA_ROOT", "PRETRAIN", "NPROC", "CUDA", "STAGE", "COCO_DIR", "CACHE_DIR", "THREADS")}
         e.update(PYTHON=str(stub), **env)
         return subprocess.run(["bash", str(ROOT / "train.sh"), *extra, "--nEpochs=2"], capture_output=True, text=True,
                               env=e, cwd=tmp_path, timeout=60)
@@ -416,6 +416,10 @@ def test_train_sh_passes_the_reference_settings(tmp_path):
     args = proc.stdout.split("\n")
     assert args[:4] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     assert "--cuda" not in args and "--stage=3" in args
+    proc = sh(DATA_ROOT=str(root), PRETRAIN="", CUDA="0", CACHE_DIR="cache dir", THREADS="auto")
+    args = proc.stdout.split("\n")
+    assert proc.returncode == 0 and "--cache_dir=cache dir" in args and "--threads=auto" in args
+    assert train.build_parser().parse_args(args[1:-1]).threads == "auto"
     # CUDA unset and no GPU: the CPU, said first; CUDA=1 without a GPU names the setting
     proc = sh(DATA_ROOT=str(root), PRETRAIN="")
     assert proc.returncode == 0 and "--cuda" not in proc.stdout.split("\n")

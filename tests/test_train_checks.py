@@ -74,9 +74,10 @@ def test_size_flags_are_checked_first(dataset, tmp_path, capsys):
     # the other size flags through the same main() in-process (each subprocess costs a torch import)
     for flag, value, words in (("--size_w", "100", "--size_h/--size_w must be positive multiples of 32"),
                                ("--crop_w", "320,abc", "--crop_w='320,abc': expected comma-separated integers"),
-                               ("--crop_h", "320,0", "--crop_h='320,0': expected positive integers")):
+                               ("--crop_h", "320,0", "--crop_h='320,0': expected positive integers"),
+                               ("--cache_backgrounds", None, "--cache_backgrounds needs --online and --cache_dir")):
         with pytest.raises(SystemExit) as exc:
-            run_cli(train.main, base_args(dataset, save, flag, value))
+            run_cli(train.main, base_args(dataset, save, flag, *([] if value is None else [value])))
         err = capsys.readouterr().err
         assert exc.value.code == 2 and err.count("\n") == 1 and words in err, err
         assert not save.exists()
