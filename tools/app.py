@@ -47,7 +47,7 @@ from core.cutout import (checkerboard, composite_on, estimate_foreground, make_r
                          pymatting_available)
 from core.folder import load_for_inference
 from core.imageio import read_gray, read_image, read_unchanged, write_image
-from core.inference import predict_matte, whole_size
+from core.inference import choose_mode, predict_matte, shrink_note, whole_size
 from core.segment import Segmenter, add_segmenter_args
 from core.options import REPO_ROOT, RELEASED_MODEL, InferenceOptions, add_inference_args
 from core.utils import UserError, run_cli, setup_logging
@@ -147,13 +147,6 @@ def apply_strokes(trimap, layers):
 # --------------------------------------------------------------------------- #
 # Prediction
 # --------------------------------------------------------------------------- #
-def choose_mode(mode, h, w, max_size):
-    """``auto`` → ``whole`` when both sides fit ``max_size``, else ``tile``; others unchanged."""
-    if mode == AUTO:
-        return "whole" if max(h, w) <= max_size else "tile"
-    return mode
-
-
 def check_request(image, trimap, mode, max_pixels):
     """Refuse what the model cannot take (:class:`UserError`); ``mode`` is ``whole`` or ``tile``."""
     h, w = image.shape[:2]
