@@ -28,7 +28,7 @@ from core.imageio import read_gray, read_image, write_image
 from core.inference import check_trimap, choose_mode, predict_matte, setup_backend, shrink_note, whole_size
 from core.metrics import compute_metrics, mean_metrics, read_alpha, read_trimap, write_metrics_csv, write_metrics_json
 from core.options import RELEASED_MODEL
-from core.release import download_if_missing
+from core.release import TRAIN_HINT, download_if_missing
 from core.utils import UserError, plural, preview, select_device
 
 Pair = namedtuple("Pair", "name image trimap alpha")
@@ -259,8 +259,7 @@ def write_scores(save_dir, rows, means):
 # --------------------------------------------------------------------------- #
 def missing_checkpoint_hint(path):
     """The one-line message for a checkpoint that is not there."""
-    return (f"{path}: no such checkpoint. Download the released model {RELEASED_MODEL} from {RELEASE_URL} "
-            f"into model/, or train one here with `bash train.sh` (or the CPU smoke run in the README)")
+    return f"{path}: no such checkpoint. Download the released model {RELEASED_MODEL} from {RELEASE_URL} into model/, {TRAIN_HINT}"
 
 
 def require_checkpoint(options, logger):
