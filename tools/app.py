@@ -191,6 +191,9 @@ class Matting:
         """(uint8 matte, mode used) for BGR ``image`` and ``trimap``, as core/test.py computes it."""
         mode = choose_mode(mode, *trimap.shape, self.options.max_size)
         check_request(image, trimap, mode, self.max_pixels)
+        note = shrink_note(*trimap.shape, self.options.max_size) if mode == "whole" else None
+        if note:
+            self.logger.info(note)
         start = time.perf_counter()
         matte = predict_matte(self.model, image, trimap, **self.options.predict_kwargs(mode))
         self.logger.info(f"{trimap.shape[1]}×{trimap.shape[0]} {mode}: {time.perf_counter() - start:.2f} s")
@@ -304,7 +307,8 @@ def build_page(gr, matting):
             write_image(path, img)
         rgb = [cv2.cvtColor(image, cv2.COLOR_BGR2RGB), trimap, matte, cv2.cvtColor(shown, cv2.COLOR_BGR2RGB)]
         matting.logger.info(f"page request with cut-out: {time.perf_counter() - start:.2f} s")
-        return (*rgb, *files, f"Predicted in {used} mode.")
+        note = shrink_note(*trimap.shape, matting.options.max_size) if used == "whole" else None
+        return (*rgb, *files, f"Predicted in {used} mode." + (f" {note}." if note else ""))
 
     def predict_api(photo, trimap, mode):
         """photo, trimap (image files), mode (auto|whole|tile) → the 8-bit matte PNG core/test.py writes."""
