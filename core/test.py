@@ -59,8 +59,8 @@ def main(argv=None):
     pairs = find_pairs(args.imgDir, args.trimapDir, args.alphaDir or None)
     shrunk = check_pairs(pairs, options.mode, options.max_size)
     if shrunk:  # the reference's protocol (Composition-1k is tested this way), but said
-        logger.info(f"{plural(len(shrunk), 'image')} of {len(pairs)} exceed --max_size {options.max_size}; e.g. "
-                    f"{shrunk[0][0].image}: {shrunk[0][1]}")
+        logger.info(f"whole mode shrinks {plural(len(shrunk), 'image')} of {len(pairs)} to fit --max_size "
+                    f"{options.max_size}; e.g. {shrunk[0][0].image}: {shrunk[0][1]}")
     model, info = load_for_inference(options, logger)
     # another model's mattes in --saveDir are neither replaced nor mixed in (core.outputs)
     maker = model_maker(options, info)

@@ -183,3 +183,30 @@ def test_big_photos_auto_goes_to_tile_and_whole_says_it_shrinks(models, photo, t
         "matte scaled back up; --crop_or_resize tile predicts at full resolution")
     makers = read_record(tmp_path / "whole")["makers"]
     assert [(k, m["mode"]) for k, m in makers.items()] == [(maker_key(m), "whole") for m in makers.values()]
+
+
+def test_test_py_says_in_one_line_how_many_photos_whole_mode_shrinks(models, photo, tmp_path, capsys):
+    for kind, name in (("image", "cat.png"), ("trimap", "cat_trimap.png")):
+        (tmp_path / kind).mkdir()
+        os.link(photo / name, tmp_path / kind / "cat.png")
+    status, out, _ = run(test_mod.main, ["--imgDir", str(tmp_path / "image"), "--trimapDir", str(tmp_path / "trimap"),
+                                         "--saveDir", str(tmp_path / "out"), "--resume", str(models[0]),
+                                         "--max_size", "64"], capsys)
+    lines = [line for line in out.splitlines() if "shrunk" in line]
+    assert status == 0 and len(lines) == 1 and lines[0].endswith(
+        f"whole mode shrinks 1 image of 1 to fit --max_size 64; e.g. {tmp_path / 'image' / 'cat.png'}: 128×96 is shrunk to 64×64 for "
+        "the network in whole mode (--max_size 64) and the matte scaled back up; --crop_or_resize tile predicts at "
+        "full resolution")
+
+
+def test_demo_with_the_release_unreachable_names_the_way_forward(monkeypatch, tmp_path, capsys):
+    from core.release import TRAIN_HINT
+
+    monkeypatch.setattr(demo_mod, "REPO_ROOT", str(tmp_path))
+    monkeypatch.setenv("DIM_RELEASES_URL", "http://127.0.0.1:9/releases")  # nothing listens on port 9
+    status, _, err = run(demo_mod.main, ["--saveDir", str(tmp_path / "pred")], capsys)
+    model = tmp_path / "model" / "stage1_skip_sad_52.9.pth"
+    assert status == 2 and err.count("\n") == 1 and not model.exists() and not (tmp_path / "pred").exists()
+    assert err.startswith("error: http://127.0.0.1:9/releases/V1.5/stage1_skip_sad_52.9.pth: download failed (")
+    assert err.endswith(f"nothing was written to {model}. Offline? Put the file there by hand, {TRAIN_HINT}\n")
+    assert "smoke run" in TRAIN_HINT and "bash train.sh" in TRAIN_HINT
