@@ -1,7 +1,7 @@
 """Predict alpha mattes for the examples in ``result/example/`` (or your own images).
 
     python core/demo.py                                  # result/example/{image,trimap} → result/example/pred
-    python core/demo.py --image photo.jpg --rgba         # trimap made here, cut-out written
+    python core/demo.py --image photo.jpg --rgba         # trimap made here, cut-out written, into result/own
     python core/demo.py --image me.jpg --trimap me_trimap.png --saveDir out
     python core/demo.py --imgDir photos --maskDir masks --saveDir out --cuda
 
@@ -19,6 +19,13 @@ trimap | prediction | ground truth (the last panel when an alpha of the same
 name is in ``--alphaDir``, ``result/example/alpha`` for the examples; those
 are also scored). In a folder run a photo that cannot be matted is reported
 and the others are still written (exit status 2).
+
+The examples keep the reference's defaults (``whole``, ``result/example/pred``);
+your own photos (``--image``/``--imgDir``) default to ``auto`` (whole when a
+photo fits ``--max_size``, tile beyond) and ``result/own``. Whole mode says in
+one line when it shrinks a photo. ``<saveDir>/made_by.json`` records which model,
+mode and precision made the files (``core.outputs``): another model's folder
+is refused without ``--force``.
 """
 
 import os

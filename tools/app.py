@@ -24,7 +24,9 @@ byte for byte what ``core/test.py`` writes for the same files, model and mode.
 
 Uploads and results live in one temporary folder, removed when the server
 stops (and swept of results older than an hour while it runs); the client
-sends files, never server paths.
+sends files, never server paths. A refused upload or request is one
+``refused: …`` line in the server's log, not a traceback; the first lines give
+the address and name ``--share`` (Gradio's own banner is silenced).
 """
 
 import os
