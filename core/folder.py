@@ -259,7 +259,8 @@ def write_scores(save_dir, rows, means):
 # --------------------------------------------------------------------------- #
 def missing_checkpoint_hint(path):
     """The one-line message for a checkpoint that is not there."""
-    return f"{path}: no such checkpoint. Download the released model {RELEASED_MODEL} from {RELEASE_URL} into model/, {TRAIN_HINT}"
+    return (f"{path}: no such checkpoint. Download the released model {RELEASED_MODEL} from {RELEASE_URL} "
+            f"into model/, {TRAIN_HINT}")
 
 
 def require_checkpoint(options, logger):

@@ -4,7 +4,6 @@ core/test.py and tools/cutout.py (core.outputs), the own-photo defaults and whol
 import json
 import os
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -85,7 +84,8 @@ def test_demo_two_models_into_one_folder(models, photo, tmp_path, capsys):
     # another model: one line naming --force, nothing touched
     status, _, err = run(demo_mod.main, demo(photo, b, out), capsys)
     assert status == 2 and err.count("\n") == 1 and "Traceback" not in err
-    assert err.startswith(f"error: {out} holds results of another run: cat.png and 2 more file(s) by model {a} (sha256 ")
+    assert err.startswith(f"error: {out} holds results of another run: cat.png and 2 more file(s) by model {a} "
+                          "(sha256 ")
     assert f"this run is model {b} (sha256 " in err and err.endswith("choose another --saveDir, or pass --force to "
                                                                          "write beside them\n")
     assert snapshot(out) == first
@@ -194,9 +194,9 @@ def test_test_py_says_in_one_line_how_many_photos_whole_mode_shrinks(models, pho
                                          "--max_size", "64"], capsys)
     lines = [line for line in out.splitlines() if "shrunk" in line]
     assert status == 0 and len(lines) == 1 and lines[0].endswith(
-        f"whole mode shrinks 1 image of 1 to fit --max_size 64; e.g. {tmp_path / 'image' / 'cat.png'}: 128×96 is shrunk to 64×64 for "
-        "the network in whole mode (--max_size 64) and the matte scaled back up; --crop_or_resize tile predicts at "
-        "full resolution")
+        f"whole mode shrinks 1 image of 1 to fit --max_size 64; e.g. {tmp_path / 'image' / 'cat.png'}: 128×96 is "
+        "shrunk to 64×64 for the network in whole mode (--max_size 64) and the matte scaled back up; "
+        "--crop_or_resize tile predicts at full resolution")
 
 
 def test_demo_with_the_release_unreachable_names_the_way_forward(monkeypatch, tmp_path, capsys):
