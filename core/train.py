@@ -636,8 +636,12 @@ def saved_run_id(save_dir):
 
 
 def new_run_id(config):
-    """``<start time>-<6 hex of the config>``: names a run in config.json, every checkpoint and the log."""
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:6]
+    """``<start time>-<6 hex digits>``: names a run in config.json, every checkpoint and the log.
+
+    The digits hash the config with the exact start time and the process id, so two runs started in the
+    same second still get two ids."""
+    text = json.dumps(config, sort_keys=True, default=str) + f"{time.time_ns()}:{os.getpid()}"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:6]
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{digest}"
 
 

@@ -1,6 +1,7 @@
 """What a new user runs, as they run it: train.sh --online without composites on the CPU,
 tools/cutout.py on a matte they already have, and the evaluation numbers of docs/evaluation.md."""
 
+import json
 import os
 import re
 import subprocess
@@ -77,6 +78,15 @@ def test_train_sh_twice_into_one_save_dir_keeps_the_first_runs_best(tmp_path):
         f"with --resume {save / 'ckpt_last.pth'}, choose another --saveDir (train.sh: SAVE_DIR=DIR), or pass "
         "--overwrite to replace them"]
     assert {name: (save / name).read_bytes() for name in first} == first
+    # --overwrite (passed through to core/train.py) replaces that run by a new one
+    proc = subprocess.run(["bash", "train.sh", *flags, "--overwrite"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    new_id = torch.load(save / "ckpt_best.pth", weights_only=True)["config"]["run_id"]
+    assert new_id != run_id and json.loads((save / "config.json").read_text())["run_id"] == new_id
+    log = (save / "train.log").read_text()
+    assert log.startswith(first["train.log"].decode())  # appended to
+    assert f"--overwrite: removed ckpt_best.pth, ckpt_last.pth, config.json of run {run_id} from {save}" in log
 
 
 # --------------------------------------------------------------------------- #
