@@ -13,7 +13,8 @@
 #                 with --online its Training_set name lists and Adobe foregrounds/alphas (--adobeDir) [required]
 #   COCO_DIR      with --online: the COCO train2017 backgrounds (--cocoDir; or pass --cocoDir yourself)
 #   STAGE         0, 1, 2 or 3 [1]
-#   SAVE_DIR      checkpoint folder [model/stage$STAGE in this repository]
+#   SAVE_DIR      checkpoint folder [model/stage$STAGE in this repository]; one run per folder: a new run into a
+#                 folder holding another run's checkpoints is refused (--resume continues it, --overwrite replaces it)
 #   PRETRAIN      initial weights; "" for none [stage 0/1: model/vgg_state_dict.pth,
 #                 stage 2: model/stage1/ckpt_best.pth, stage 3: model/stage2/ckpt_best.pth, in this repository]
 #   NPROC         processes (GPUs) on this machine; > 1 launches torchrun --standalone [1]

@@ -323,6 +323,13 @@ def cutout_options(args):
     return {"rgba": bool(args.rgba), "backgrounds": backgrounds, "backend": resolve_backend(backend)}
 
 
+def cutout_names(name, rgba=False, backgrounds=(), **_):
+    """The cut-outs' paths relative to the output folder, for the matte ``name`` (what :func:`write_cutouts` writes)."""
+    stem = os.path.splitext(name)[0]
+    return ([f"{CUTOUT_DIR}/{stem}_rgba.png"] if rgba else []) + [f"{CUTOUT_DIR}/{stem}_bg_{label}.png"
+                                                                  for label, _ in backgrounds]
+
+
 def write_cutouts(save_dir, name, image_bgr, alpha, rgba=False, backgrounds=(), backend="auto"):
     """Write ``save_dir/cutout/<stem>_rgba.png`` and/or ``<stem>_bg_<label>.png``; returns the paths written.
 
@@ -334,12 +341,9 @@ def write_cutouts(save_dir, name, image_bgr, alpha, rgba=False, backgrounds=(), 
     if not rgba and not backgrounds:
         return []
     fg = estimate_foreground(image_bgr, alpha, backend)
-    stem = os.path.splitext(name)[0]
-    paths = []
-    if rgba:
-        paths.append(os.path.join(save_dir, CUTOUT_DIR, f"{stem}_rgba.png"))
-        write_image(paths[-1], make_rgba(fg, alpha))
-    for label, background in backgrounds:
-        paths.append(os.path.join(save_dir, CUTOUT_DIR, f"{stem}_bg_{label}.png"))
-        write_image(paths[-1], composite_on(fg, alpha, background))
+    paths = [os.path.join(save_dir, *rel.split("/")) for rel in cutout_names(name, rgba, backgrounds)]
+    makers = ([lambda: make_rgba(fg, alpha)] if rgba else []) + [
+        lambda bg=bg: composite_on(fg, alpha, bg) for _, bg in backgrounds]
+    for path, make in zip(paths, makers):  # one picture in memory at a time
+        write_image(path, make())
     return paths

@@ -1,7 +1,7 @@
 """Predict alpha mattes for the examples in ``result/example/`` (or your own images).
 
     python core/demo.py                                  # result/example/{image,trimap} → result/example/pred
-    python core/demo.py --image photo.jpg --rgba         # trimap made here, cut-out written
+    python core/demo.py --image photo.jpg --rgba         # trimap made here, cut-out written, into result/own
     python core/demo.py --image me.jpg --trimap me_trimap.png --saveDir out
     python core/demo.py --imgDir photos --maskDir masks --saveDir out --cuda
 
@@ -19,6 +19,13 @@ trimap | prediction | ground truth (the last panel when an alpha of the same
 name is in ``--alphaDir``, ``result/example/alpha`` for the examples; those
 are also scored). In a folder run a photo that cannot be matted is reported
 and the others are still written (exit status 2).
+
+The examples keep the reference's defaults (``whole``, ``result/example/pred``);
+your own photos (``--image``/``--imgDir``) default to ``auto`` (whole when a
+photo fits ``--max_size``, tile beyond) and ``result/own``. Whole mode says in
+one line when it shrinks a photo. ``<saveDir>/made_by.json`` records which model,
+mode and precision made the files (``core.outputs``): another model's folder
+is refused without ``--force``.
 """
 
 import os
@@ -36,14 +43,18 @@ from tqdm import tqdm
 from core.data import list_images
 from core.imageio import read_gray, read_image, write_image
 from core.metrics import format_table, read_alpha, read_prediction
-from core.cutout import cutout_options
-from core.folder import Pair, check_pairs, find_pairs, load_for_inference, log_cutouts, log_speed, predict_folder
-from core.options import REPO_ROOT, RELEASED_MODEL, InferenceOptions, add_inference_args
+from core.cutout import cutout_names, cutout_options
+from core.folder import (Pair, check_outputs, check_pairs, find_pairs, load_for_inference, log_cutouts, log_speed,
+                         predict_folder)
+from core.inference import AUTO, MODES
+from core.options import MODE_HELP, REPO_ROOT, RELEASED_MODEL, InferenceOptions, add_inference_args
+from core.outputs import add_force_arg, check_outputs_maker, model_maker, record_outputs
 from core.segment import Segmenter, WeightsError, add_segmenter_args
 from core.trimap import DEFAULT_WIDTH_FRAC, photo_trimap
 from core.utils import UserError, plural, run_cli, select_device, setup_logging
 
 EXAMPLE_DIR = os.path.join(REPO_ROOT, "result", "example")
+OWN_DIR = os.path.join(REPO_ROOT, "result", "own")  # own photos' default output: never mixed with the examples'
 SIDE_DIR = "side_by_side"
 TRIMAP_DIR = "trimap"
 PANEL_MAX_HEIGHT = 480
@@ -97,25 +108,44 @@ def _is_example(args):
     return os.path.abspath(args.imgDir) == os.path.join(EXAMPLE_DIR, "image")
 
 
+def _own_photos(args):
+    return bool(args.image) or not _is_example(args)
+
+
+def resolve_defaults(args):
+    """--saveDir and --crop_or_resize when not given: the examples keep the reference's ``whole`` and
+    ``result/example/pred``; own photos get ``auto`` (whole when a photo fits --max_size, tile beyond,
+    as the page) and ``result/own``."""
+    own = _own_photos(args)
+    if args.saveDir is None:
+        args.saveDir = OWN_DIR if own else os.path.join(EXAMPLE_DIR, "pred")
+    if args.crop_or_resize is None:
+        args.crop_or_resize = AUTO if own else "whole"
+    return args
+
+
 def _trimap_dir(args):
     """The folder of trimaps for a folder run: --trimapDir, the examples' own, or None (trimaps are made)."""
     return args.trimapDir or (os.path.join(EXAMPLE_DIR, "trimap") if _is_example(args) and not args.maskDir else None)
 
 
-def demo_pairs(args, logger):
+def demo_pairs(args, logger, before_writing=None):
     """The pairs to predict and the photos refused: ``--image`` (with or without ``--trimap``), or the folders.
 
     A photo without a trimap gets one from :func:`core.trimap.photo_trimap`
     (alpha channel, ``--mask``/``--maskDir``, else ``--segmenter``), written to
     ``<saveDir>/trimap/<name>``. One photo: its problem is raised; a folder:
     each refusal is returned as a line and the other photos go on.
+    ``before_writing(names)``: called with the mattes' names before any file is written.
     """
+    before_writing = before_writing or (lambda names: None)
     if args.trimap and not args.image:
         raise UserError("--trimap goes with --image (or use --imgDir/--trimapDir)")
     if args.mask and not args.image:
         raise UserError("--mask goes with --image (or use --imgDir/--maskDir)")
     if args.image:
         name = os.path.splitext(os.path.basename(args.image))[0] + ".png"
+        before_writing([name])
         if args.trimap:
             return [Pair(name, args.image, args.trimap, args.alpha)], []
         return auto_pairs([(name, args.image, args.mask, args.alpha)], args, logger)
@@ -127,13 +157,16 @@ def demo_pairs(args, logger):
         alpha_dir = example_alpha  # the examples' ground truth
     trimap_dir = _trimap_dir(args)
     if trimap_dir:
-        return find_pairs(args.imgDir, trimap_dir, alpha_dir, alpha_required=False), []
+        pairs = find_pairs(args.imgDir, trimap_dir, alpha_dir, alpha_required=False)
+        before_writing([p.name for p in pairs])
+        return pairs, []
     images = list_images(args.imgDir, "image")
     masks = list_images(args.maskDir, "mask") if args.maskDir else {}
     alphas = list_images(alpha_dir, "ground-truth alpha") if alpha_dir else {}
     items = [(stem + ".png", os.path.join(args.imgDir, images[stem]),
               os.path.join(args.maskDir, masks[stem]) if stem in masks else None,
               os.path.join(alpha_dir, alphas[stem]) if stem in alphas else None) for stem in sorted(images)]
+    before_writing([item[0] for item in items])
     return auto_pairs(items, args, logger)
 
 
@@ -175,8 +208,9 @@ def parse_args(argv=None):
     parser.add_argument("--image", help="one image instead of --imgDir")
     parser.add_argument("--trimap", help="its trimap (with --image; without one a trimap is made)")
     parser.add_argument("--alpha", help="its ground-truth alpha (optional, with --image)")
-    parser.add_argument("--saveDir", default=os.path.join(EXAMPLE_DIR, "pred"),
-                        help="output folder (default: result/example/pred)")
+    parser.add_argument("--saveDir", help="output folder (default: result/example/pred for the examples, "
+                                           "result/own for your own photos)")
+    add_force_arg(parser)
     auto = parser.add_argument_group("automatic trimaps (a photo without a trimap)",
                                      "the subject is the photo's alpha channel, else --mask/--maskDir, else what "
                                      "--segmenter finds; the trimap is written to <saveDir>/trimap/")
@@ -187,8 +221,12 @@ def parse_args(argv=None):
     width.add_argument("--width", type=int, default=None, help="unknown band reach in pixels to each side of the edge")
     width.add_argument("--width_frac", type=float, default=DEFAULT_WIDTH_FRAC,
                        help=f"the reach as a fraction of the photo's diagonal (default {DEFAULT_WIDTH_FRAC})")
-    add_inference_args(parser, resume_default=os.path.join(REPO_ROOT, "model", RELEASED_MODEL))
-    return parser.parse_args(argv)
+    add_inference_args(parser, resume_default=os.path.join(REPO_ROOT, "model", RELEASED_MODEL),
+                       modes=(*MODES, AUTO), mode_default=None,
+                       mode_help=MODE_HELP.replace(" (default: whole)", "; auto: whole when both sides fit --max_size, "
+                                                   "else tile (default: whole for the examples, the reference's "
+                                                   "demo; auto for your own photos)"))
+    return resolve_defaults(parser.parse_args(argv))
 
 
 def check_auto_args(args):
@@ -202,15 +240,32 @@ def check_auto_args(args):
         Segmenter(args.segmenter, args.classes)
 
 
+def output_names(names, cutout):
+    """What a run writes into --saveDir for the mattes ``names`` (relative paths): the record's targets."""
+    return [f for name in names for f in (name, f"{SIDE_DIR}/{name}", *cutout_names(name, **(cutout or {})))]
+
+
 def main(argv=None):
     args = parse_args(argv)
     logger = setup_logging()
-    options = InferenceOptions.from_args(args)
+    options = InferenceOptions.from_args(args, modes=("whole", "tile") if args.crop_or_resize == AUTO else ())
     cutout = cutout_options(args)
     check_auto_args(args)
-    model, _ = load_for_inference(options, logger)  # first: a missing model is the likeliest problem
-    pairs, refused = demo_pairs(args, logger)
-    check_pairs(pairs, options.mode, options.max_size, progress=False)
+    model, info = load_for_inference(options, logger)  # first: a missing model is the likeliest problem
+    maker, names = model_maker(options, info), []
+
+    def guard(found):  # before the first file (a trimap) is written
+        names.extend(found)
+        check_outputs_maker(args.saveDir, output_names(names, cutout), maker, args.force)
+
+    pairs, refused = demo_pairs(args, logger, guard)
+    for pair, note in check_pairs(pairs, options.mode, options.max_size, progress=False):
+        logger.info(f"{pair.image}: {note}")
+    check_outputs(pairs, args.saveDir)  # never over an input, even with --force
+    record_outputs(args.saveDir, output_names([p.name for p in pairs], cutout), maker)
+    logger.info(f"{plural(len(pairs), 'photo')}, mode {options.mode}"
+                + (" (whole when a photo fits --max_size, else tile)" if options.mode == AUTO else "")
+                + f"; writing to {args.saveDir} (which model made them: {os.path.join(args.saveDir, 'made_by.json')})")
     result = predict_folder(model, pairs, args.saveDir, score=True, cutout=cutout, **options.predict_kwargs())
     log_speed(logger, result.seconds)
     sides = write_side_by_side(pairs, args.saveDir)

@@ -25,10 +25,10 @@ from core.checkpoint import RELEASE_URL, load_model, unwrap
 from core.cutout import write_cutouts
 from core.data import list_images
 from core.imageio import read_gray, read_image, write_image
-from core.inference import check_trimap, predict_matte, setup_backend, whole_size
+from core.inference import check_trimap, choose_mode, predict_matte, setup_backend, shrink_note, whole_size
 from core.metrics import compute_metrics, mean_metrics, read_alpha, read_trimap, write_metrics_csv, write_metrics_json
 from core.options import RELEASED_MODEL
-from core.release import download_if_missing
+from core.release import TRAIN_HINT, download_if_missing
 from core.utils import UserError, plural, preview, select_device
 
 Pair = namedtuple("Pair", "name image trimap alpha")
@@ -84,11 +84,13 @@ def _check_one(pair, mode, max_size):
         # Scoring reads it as evaluate.m does (8-bit only): fail now, not mid-run. No second warning about
         # odd values (check_trimap gave it), and no catch_warnings: this runs in threads.
         read_trimap(pair.trimap, warn=False)
+    mode = choose_mode(mode, h, w, max_size)
     if mode in ("whole", "tile"):  # tile mode needs only both sides >= 32
         try:
             whole_size(h, w, max_size if mode == "whole" else max(h, w, 32))
         except ValueError as exc:
             raise UserError(f"{pair.image}: {exc}") from None
+    return shrink_note(h, w, max_size) if mode == "whole" else None
 
 
 def check_pairs(pairs, mode="whole", max_size=1600, workers=None, progress=True):
@@ -99,15 +101,20 @@ def check_pairs(pairs, mode="whole", max_size=1600, workers=None, progress=True)
     mode needs both sides ≥ 32. Trimap values other than 0/128/255 only warn
     (:func:`core.inference.check_trimap`). Raises one :class:`UserError`
     naming every bad file (the first eight in full), so one run shows them all.
+    Returns ``[(pair, note)]`` for the photos ``whole`` mode shrinks to fit
+    ``max_size`` (:func:`core.inference.shrink_note`), for the caller to say.
     """
     workers = workers or min(8, os.cpu_count() or 1)
-    bad = []
+    bad, shrunk = [], []
     with ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(_check_one, p, mode, max_size) for p in pairs]
         try:
-            for fut in tqdm(futures, desc="checking", unit="img", disable=_no_bar(progress), leave=False):
+            for pair, fut in zip(pairs, tqdm(futures, desc="checking", unit="img", disable=_no_bar(progress),
+                                             leave=False)):
                 try:
-                    fut.result()
+                    note = fut.result()
+                    if note:
+                        shrunk.append((pair, note))
                 except UserError as exc:
                     bad.append(str(exc))
         except BaseException:
@@ -118,6 +125,7 @@ def check_pairs(pairs, mode="whole", max_size=1600, workers=None, progress=True)
     if bad:
         raise UserError(f"{len(bad)} of {len(pairs)} pairs are unusable: " + "; ".join(bad[:8])
                         + (f"; … and {len(bad) - 8} more" if len(bad) > 8 else ""))
+    return shrunk
 
 
 def check_outputs(pairs, save_dir):
@@ -252,7 +260,7 @@ def write_scores(save_dir, rows, means):
 def missing_checkpoint_hint(path):
     """The one-line message for a checkpoint that is not there."""
     return (f"{path}: no such checkpoint. Download the released model {RELEASED_MODEL} from {RELEASE_URL} "
-            f"into model/, or train one here with `bash train.sh` (or the CPU smoke run in the README)")
+            f"into model/, {TRAIN_HINT}")
 
 
 def require_checkpoint(options, logger):

@@ -27,6 +27,26 @@ from core.stages import has_refine
 from core.tiling import predict_tiles
 
 MODES = ("whole", "crop", "resize", "tile")
+AUTO = "auto"  # whole when the photo fits max_size, else tile: the page's default, and the demo's for own photos
+
+
+def choose_mode(mode, h, w, max_size):
+    """``auto`` → ``whole`` when both sides of an h×w photo fit ``max_size``, else ``tile``; others unchanged."""
+    if mode == AUTO:
+        return "whole" if max(h, w) <= max_size else "tile"
+    return mode
+
+
+def shrink_note(h, w, max_size):
+    """The line saying that ``whole`` mode shrinks an h×w photo to fit ``max_size``, or None when it fits.
+
+    (Rounding each side down to a multiple of 32 is not counted: it only drops up to 31 pixels.)
+    """
+    if max(h, w) <= max_size:
+        return None
+    new_h, new_w = whole_size(h, w, max_size)
+    return (f"{w}×{h} is shrunk to {new_w}×{new_h} for the network in whole mode (--max_size {max_size}) and "
+            "the matte scaled back up; --crop_or_resize tile predicts at full resolution")
 
 
 def check_trimap(trimap, name="trimap"):
@@ -162,7 +182,8 @@ def predict(model, image_bgr, trimap, mode="whole", max_size=1600, size=(320, 32
         image_bgr: H×W×3 uint8, BGR as read by OpenCV.
         trimap: H×W uint8, 0/128/255.
         mode: ``whole`` | ``crop`` | ``resize`` (SPEC §9), or ``tile``: full resolution in
-            overlapping, blended windows with memory bounded by the window (``core.tiling``).
+            overlapping, blended windows with memory bounded by the window (``core.tiling``);
+            ``auto``: :func:`choose_mode`.
         max_size: cap on each side in ``whole`` mode.
         size: (size_h, size_w) for ``crop`` and ``resize``.
         stage: 0–3 picks the alpha (refined for 2/3); None: refined if the model has a head.
@@ -173,10 +194,11 @@ def predict(model, image_bgr, trimap, mode="whole", max_size=1600, size=(320, 32
         exact: ``fp32`` with the exact kernel for every convolution, bit for bit ``model(x)``
             (``core.ops.lean``; slower decoder).
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if image_bgr.shape[:2] != trimap.shape:
         raise ValueError(f"image {image_bgr.shape[:2]} and trimap {trimap.shape} differ in size")
+    mode = choose_mode(mode, *trimap.shape, max_size)
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}, or {AUTO}")
     check_precision(precision, next(model.parameters()).device)
     kw = {"refined": use_refined(model, stage), "amp": amp, "precision": precision, "exact": exact}
     h, w = trimap.shape

@@ -23,6 +23,9 @@ from core.utils import UserError
 
 DEFAULT_BASE = "https://github.com/huochaitiantang/pytorch-deep-image-matting/releases/download"
 LICENSE_NOTE = "the released weights are licensed for non-commercial use only"
+# The way forward without the release, in every message about a missing or undownloadable model.
+TRAIN_HINT = ("or train one here and pass it with --resume: the CPU smoke run of docs/training.md (section 6, "
+              "no dataset needed) writes model/smoke/ckpt_best.pth, `bash train.sh` trains a real one")
 
 
 def is_release(path):
@@ -73,7 +76,8 @@ def fetch_release(path, log=print, progress=None):
             try:
                 torch.hub.download_url_to_file(url, tmp, progress=progress)
             except (OSError, http.client.HTTPException) as exc:  # URLError/HTTPError are OSErrors
-                raise UserError(f"{url}: download failed ({_first_line(exc)}); nothing was written to {path}") from None
+                raise UserError(f"{url}: download failed ({_first_line(exc)}); nothing was written to {path}. "
+                                f"Offline? Put the file there by hand, {TRAIN_HINT}") from None
             try:
                 verify_release(tmp, name)
             except UserError as exc:

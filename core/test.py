@@ -26,11 +26,12 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 import argparse
 
-from core.cutout import cutout_options
-from core.folder import (check_pairs, find_pairs, load_for_inference, log_cutouts, log_speed, predict_folder,
-                         require_checkpoint, write_scores)
+from core.cutout import cutout_names, cutout_options
+from core.folder import (check_outputs, check_pairs, find_pairs, load_for_inference, log_cutouts, log_speed,
+                         predict_folder, require_checkpoint, write_scores)
 from core.metrics import format_table
 from core.options import InferenceOptions, add_inference_args
+from core.outputs import add_force_arg, check_outputs_maker, model_maker, record_outputs
 from core.utils import UserError, plural, run_cli, setup_logging
 
 
@@ -41,6 +42,7 @@ def parse_args(argv=None):
     parser.add_argument("--trimapDir", required=True, help="folder of trimaps (0/128/255), same file names")
     parser.add_argument("--alphaDir", default="", help="folder of ground-truth alphas: score the saved mattes")
     parser.add_argument("--saveDir", required=True, help="folder to write the mattes (and metrics) to")
+    add_force_arg(parser)
     add_inference_args(parser)
     parser.add_argument("--stage_setting", help=argparse.SUPPRESS)  # deploy.sh: name STAGE=… in messages
     return parser.parse_args(argv)
@@ -55,8 +57,18 @@ def main(argv=None):
         raise UserError(f"{args.saveDir}: --saveDir exists and is not a folder")
     require_checkpoint(options, logger)
     pairs = find_pairs(args.imgDir, args.trimapDir, args.alphaDir or None)
-    check_pairs(pairs, options.mode, options.max_size)
-    model, _ = load_for_inference(options, logger)
+    shrunk = check_pairs(pairs, options.mode, options.max_size)
+    if shrunk:  # the reference's protocol (Composition-1k is tested this way), but said
+        logger.info(f"whole mode shrinks {plural(len(shrunk), 'image')} of {len(pairs)} to fit --max_size "
+                    f"{options.max_size}; e.g. {shrunk[0][0].image}: {shrunk[0][1]}")
+    model, info = load_for_inference(options, logger)
+    # another model's mattes in --saveDir are neither replaced nor mixed in (core.outputs)
+    maker = model_maker(options, info)
+    targets = [f for p in pairs for f in (p.name, *cutout_names(p.name, **(cutout or {})))]
+    targets += ["metrics.csv", "metrics.json"] if args.alphaDir else []
+    check_outputs_maker(args.saveDir, targets, maker, args.force)
+    check_outputs(pairs, args.saveDir)  # never over an input, even with --force
+    record_outputs(args.saveDir, targets, maker)
     logger.info(f"{len(pairs)} images, mode {options.mode}; writing to {args.saveDir}")
     result = predict_folder(model, pairs, args.saveDir, score=bool(args.alphaDir), cutout=cutout,
                             **options.predict_kwargs())

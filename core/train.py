@@ -21,6 +21,13 @@ next epoch to run, like the reference. ``ckpt_last.pth`` is rewritten after
 every epoch and when the run is stopped (Ctrl-C or SIGTERM: the current
 iteration finishes, the state is saved, the process exits 130/143); ``--resume``
 continues from any of them at the stored epoch and iteration.
+
+One run per ``--saveDir``: each run has an id (start time and config),
+recorded in ``config.json``, in every checkpoint's config and in the log's
+"(new best of run …)" line, so ``ckpt_best.pth`` is the best of that run. A new
+run into a folder that holds another run's checkpoints or config is refused
+before anything is written (``--resume`` continues that run; ``--overwrite``
+removes its checkpoints and config.json first).
 """
 
 import os
@@ -31,8 +38,10 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 import argparse
 import datetime
+import hashlib
 import json
 import math
+import re
 import signal
 import time
 
@@ -130,6 +139,9 @@ def build_parser():
     m.add_argument("--pretrain_partial", action="store_true",
                    help="with --pretrain: load only the tensors that fit and warn about the rest instead of stopping")
     m.add_argument("--resume", help="checkpoint of this training to continue (weights, optimizer, epoch, best SAD)")
+    m.add_argument("--overwrite", action="store_true",
+                   help="start a new run in a --saveDir that holds another run's checkpoints: they and its "
+                        "config.json are removed first (without it such a run is refused)")
 
     s = p.add_argument_group("checkpoints and logs")
     s.add_argument("--saveDir", help="checkpoint folder (default: model/stage<STAGE>)")
@@ -332,6 +344,7 @@ class Trainer:
         self.test_pairs = []
         self.config = dict(vars(args), world_size=world,
                            crop_sizes=[list(c) for c in data.parse_crop_sizes(args.crop_h, args.crop_w)])
+        self.config["run_id"] = new_run_id(self.config)  # a resumed run keeps its own (see resume)
 
     # -- setup
 
@@ -390,6 +403,13 @@ class Trainer:
 
     def resume(self, model, path):
         ckpt = read_checkpoint(path)  # UserError for a missing or corrupt file
+        run, here = (ckpt.get("config") or {}).get("run_id"), saved_run_id(self.args.saveDir)
+        if here and run != here and not self.args.overwrite:
+            raise UserError(f"--resume {path} is a checkpoint of {f'run {run}' if run else 'another run'}, but "
+                            f"{self.args.saveDir} holds the files of run {here}: resume into another --saveDir, "
+                            "or pass --overwrite to replace them")
+        if run:
+            self.config["run_id"] = run
         check_resume(model, ckpt, path, self.args.stage, self.args.skip)
         model.load_state_dict(ckpt["state_dict"], strict=True)
         self.start_epoch = ckpt["epoch"]
@@ -442,6 +462,16 @@ class Trainer:
         self.log.info(f"checkpoint saved to {path} ({done})")
         return path
 
+    def remove_earlier_run(self):
+        """``--overwrite`` of a new run: the earlier run's checkpoints and config.json go (train.log is kept)."""
+        found = run_files(self.args.saveDir)
+        if not self.args.overwrite or self.args.resume or not found:  # never the file being resumed
+            return
+        name = _run_name(self.args.saveDir)
+        for n in found:
+            os.remove(os.path.join(self.args.saveDir, n))
+        self.log.info(f"--overwrite: removed {', '.join(found)} of {name} from {self.args.saveDir}")
+
     def write_config(self):
         os.makedirs(self.args.saveDir, exist_ok=True)
         text = json.dumps(self.config, indent=2, sort_keys=True) + "\n"
@@ -470,7 +500,8 @@ class Trainer:
         speed = sum(result.seconds) / max(1, len(result.seconds))
         self.log.info(f"Test epoch {epoch}: SAD {means['sad']:.3f} MSE {means['mse']:.5f} Grad {means['grad']:.3f} "
                       f"Conn {means['conn']:.3f} ({means['n']} images, {speed:.3f} s/image); best SAD "
-                      f"{min(self.best_sad, means['sad']):.3f}" + (" (new best)" if improved else ""))
+                      f"{min(self.best_sad, means['sad']):.3f}"
+                      + (f" (new best of run {self.config['run_id']})" if improved else ""))
         if improved:
             self.best_sad = means["sad"]
             self.save("ckpt_best.pth", epoch + 1, optimizer=False)
@@ -565,14 +596,16 @@ class Trainer:
 
     def run(self):
         a = self.args
-        if self.rank == 0:
-            self.write_config()
-            self.log.info("config: " + json.dumps(self.config, sort_keys=True))
         if self.testing and self.rank == 0:  # fail now, not after the first epoch
             self.test_pairs = find_pairs(a.testImgDir, a.testTrimapDir, a.testAlphaDir)
             check_pairs(self.test_pairs, a.crop_or_resize, a.max_size)
             self.log.info(f"test set: {len(self.test_pairs)} images")
-        self.build()
+        self.build()  # a resumed run's id is known from here on
+        if self.rank == 0:
+            self.remove_earlier_run()
+            self.write_config()
+            self.log.info(f"run {self.config['run_id']} ({'resumed' if a.resume else 'new'}) in {a.saveDir}; config: "
+                          + json.dumps(self.config, sort_keys=True))
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed training size: let cuDNN pick its fastest kernels
         with self.stop:
@@ -591,8 +624,63 @@ class Trainer:
                                   f"{os.path.join(a.saveDir, 'ckpt_last.pth')}")
                     return 128 + int(signum)
         best = f"best test SAD {self.best_sad:.3f}" if math.isfinite(self.best_sad) else "not tested"
-        self.log.info(f"done ({best}); checkpoints in {a.saveDir}")
+        self.log.info(f"done ({best}); checkpoints of run {self.config['run_id']} in {a.saveDir}")
         return 0
+
+# ---------------------------------------------------------------- one run per --saveDir
+
+RUN_FILE = re.compile(r"ckpt_(best|last|e\d+)\.pth|config\.json")
+
+
+def run_files(save_dir):
+    """The files of a run in ``save_dir`` (checkpoints and config.json), sorted; [] when there are none."""
+    try:
+        return sorted(n for n in os.listdir(save_dir) if RUN_FILE.fullmatch(n))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def saved_run_id(save_dir):
+    """The ``run_id`` recorded in ``save_dir/config.json``, or None (no file, an older run, unreadable)."""
+    try:
+        with open(os.path.join(save_dir, "config.json"), encoding="utf-8") as f:
+            return json.load(f).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def new_run_id(config):
+    """``<start time>-<6 hex digits>``: names a run in config.json, every checkpoint and the log.
+
+    The digits hash the config with the exact start time and the process id, so two runs started in the
+    same second still get two ids."""
+    text = json.dumps(config, sort_keys=True, default=str) + f"{time.time_ns()}:{os.getpid()}"
+    digest = hashlib.sha256(text.encode()).hexdigest()[:6]
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{digest}"
+
+
+def _run_name(save_dir):
+    run = saved_run_id(save_dir)
+    return f"run {run}" if run else "another run"
+
+
+def check_save_dir(args):
+    """Refuse, before anything is written, a new run into a --saveDir that holds another run's files.
+
+    A second run there would replace that run's ``ckpt_best.pth`` (the best of *its* tests) and
+    ``config.json``. Continuing it (``--resume``) and ``--overwrite`` pass; whether a resumed
+    checkpoint is that run's is checked once it is read (:meth:`Trainer.resume`).
+    """
+    if args.overwrite or args.resume:
+        return
+    found = run_files(args.saveDir)
+    if not found:
+        return
+    ckpts = [n for n in found if n != "config.json"]
+    last = "ckpt_last.pth" if "ckpt_last.pth" in ckpts else (ckpts[-1] if ckpts else None)
+    carry_on = f"continue it with --resume {os.path.join(args.saveDir, last)}, " if last else ""
+    raise UserError(f"{args.saveDir} holds the files of {_run_name(args.saveDir)} ({', '.join(found)}): "
+                    f"{carry_on}choose another --saveDir (train.sh: SAVE_DIR=DIR), or pass --overwrite to replace them")
 
 
 def check_pretrain_file(args):
@@ -610,6 +698,7 @@ def check_pretrain_file(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    check_save_dir(args)
     check_pretrain_file(args)
     rank, local_rank, world = dist_env()
     device = select_device(args.cuda, local_rank)

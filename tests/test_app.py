@@ -186,6 +186,9 @@ def server(tmp_path_factory):
     assert proc.wait(timeout=30) == 0
     log.seek(0)
     text = log.read()
+    # every rejected upload and request was one log line, none a traceback; the banner names --share
+    assert "Traceback" not in text and "share=True" not in text, text
+    assert "for a public link, start it with --share" in text
     temp = text.split("temporary files in ")[1].split(" ")[0]
     assert not os.path.exists(temp), text  # uploads and results were removed on exit
     log.close()
@@ -301,6 +304,20 @@ def test_predict_endpoint_with_gradio_client(server, tmp_path):
     with pytest.raises(gradio_client.exceptions.AppError, match=r"^the trimap is 64×48 but the photo is 320×240$"):
         client.predict(gradio_client.handle_file(str(photo)), gradio_client.handle_file(str(small)), "whole",
                        api_name="/predict")
+    # a 0/255 mask passed as the trimap: told what it is and where it goes (an API caller has no brush)
+    mask = tmp_path / "mask.png"
+    cv2.imwrite(str(mask), np.where(cv2.imread(str(trimap), cv2.IMREAD_GRAYSCALE) > 0, 255, 0).astype(np.uint8))
+    with pytest.raises(gradio_client.exceptions.AppError, match=r"^the trimap holds only 0 and 255: that is a mask, "
+                       r"not a trimap; make a trimap of it with `python tools/gen_trimap.py"):
+        client.predict(gradio_client.handle_file(str(photo)), gradio_client.handle_file(str(mask)), "whole",
+                       api_name="/predict")
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not an image")
+    with pytest.raises(gradio_client.exceptions.AppError, match=r"^photo notes.png: not a readable image"):
+        client.predict(gradio_client.handle_file(str(not_an_image)), gradio_client.handle_file(str(trimap)), "whole",
+                       api_name="/predict")
+    log = (server[2] / "app.log").read_text()
+    assert log.count("refused: ") >= 3 and "refused: photo notes.png: not a readable image" in log
     # the server is still serving: the matte, byte for byte core/test.py's
     result = client.predict(gradio_client.handle_file(str(photo)), gradio_client.handle_file(str(trimap)), "whole",
                             api_name="/predict")

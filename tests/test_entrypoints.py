@@ -342,7 +342,10 @@ def test_outputs_never_overwrite_inputs(tmp_path, ckpt, capsys):
     argv = ["--image", str(root / "image" / "a.png"), "--trimap", str(root / "trimap" / "a.png"),
             "--saveDir", str(root / "image"), "--resume", str(ckpt)]
     status, _, err = run_main(demo_mod.main, argv, capsys)
-    assert status == 2 and str(root / "image" / "a.png") in err and "overwrite" in err
+    assert status == 2 and str(root / "image" / "a.png") in err and "made_by.json does not say" in err
+    assert (root / "image" / "a.png").read_bytes() == before
+    status, _, err = run_main(demo_mod.main, [*argv, "--force"], capsys)  # not even with --force
+    assert status == 2 and "writing the matte there would overwrite an input" in err
     assert (root / "image" / "a.png").read_bytes() == before
 
 

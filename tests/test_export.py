@@ -195,9 +195,14 @@ def test_default_names_and_no_silent_overwrite(tmp_path):
     out_dir = tmp_path / "export"
     common = ["--out_dir", str(out_dir), "--format", "torchscript", "--no_verify"]
     status, stdout, _ = _export(["--resume", str(tmp_path / "run1" / "ckpt_best.pth"), *common])
-    target = out_dir / "ckpt_best_stage1.torchscript.pt"
+    target = out_dir / "run1_ckpt_best_stage1.torchscript.pt"
     assert status == 0 and f"wrote {target}" in stdout and os.listdir(out_dir) == [target.name]
     before = target.read_bytes()
+    # the second run's default name carries its folder: no clash
+    status, stdout, _ = _export(["--resume", str(tmp_path / "run2" / "ckpt_best.pth"), *common])
+    assert status == 0 and sorted(os.listdir(out_dir)) == [target.name, "run2_ckpt_best_stage1.torchscript.pt"]
+    # another model's export under a name given by hand: kept without --force
+    common += ["--out", str(target)]
     status, stdout, err = _export(["--resume", str(tmp_path / "run2" / "ckpt_best.pth"), *common])
     assert status == 2 and err.count("\n") == 1 and str(target) in err
     assert str(tmp_path / "run1" / "ckpt_best.pth") in err and "--force" in err and "--out" in err
@@ -209,7 +214,9 @@ def test_default_names_and_no_silent_overwrite(tmp_path):
 
 
 def test_names_and_overwrite_rules():
-    assert export.default_stem("runs/s2/ckpt_best.pth", 2, True) == "ckpt_best_stage2"
+    assert export.default_stem("model/stage2/ckpt_best.pth", 2, True) == "stage2_ckpt_best_stage2"
+    assert export.default_stem("ckpt_best.pth", 1, False) == f"{os.path.basename(os.getcwd())}_ckpt_best_stage1"
+    assert export.default_stem("model/stage1_skip_sad_52.9.pth", 1, False) == "stage1_skip_sad_52.9_stage1"
     assert export.default_stem("stage1_sad_54.4.pth", None, False) == "stage1_sad_54.4_alpha"
     assert export.output_paths("x/my.onnx", ("onnx", "torchscript")) == {"onnx": "x/my.onnx",
                                                                         "torchscript": "x/my.torchscript.pt"}

@@ -185,8 +185,8 @@ def test_test_py_reads_odd_files_by_the_convention(odd_folder, ckpt, tmp_path):
         cv2.imwrite(str(twin_tri / name), read_gray(odd_folder / "trimap" / name))
     model, _ = load_model(ckpt)  # the twins in-process: the same loop test.py runs
     predict_folder(model, find_pairs(str(odd_folder / "twin"), str(twin_tri)), str(twin_out), progress=False)
-    names = sorted(os.listdir(out))
-    assert names == ["grey.png", "p16.png", "pal.png", "rgba.png", "rgbtri.png"]
+    assert sorted(os.listdir(out)) == ["grey.png", "made_by.json", "p16.png", "pal.png", "rgba.png", "rgbtri.png"]
+    names = ["grey.png", "p16.png", "pal.png", "rgba.png", "rgbtri.png"]
     for name in names:
         assert np.array_equal(cv2.imread(str(out / name), cv2.IMREAD_UNCHANGED),
                               cv2.imread(str(twin_out / name), cv2.IMREAD_UNCHANGED)), name
@@ -234,13 +234,15 @@ def test_demo_py_odd_and_broken_files(odd_folder, broken_folder, ckpt, tmp_path)
     proc = run(["core/demo.py", "--image", str(odd_folder / "image" / "p16.png"), "--trimap",
                 str(odd_folder / "trimap" / "rgbtri.png"), "--saveDir", str(out), "--resume", str(ckpt)])
     assert proc.returncode == 0, proc.stderr
-    assert sorted(os.listdir(out)) == ["p16.png", "side_by_side"]
+    assert sorted(os.listdir(out)) == ["made_by.json", "p16.png", "side_by_side"]
     before = (out / "p16.png").read_bytes()
+    record = (out / "made_by.json").read_bytes()
     proc = run(["core/demo.py", "--imgDir", str(broken_folder / "image"), "--trimapDir",
                 str(broken_folder / "trimap"), "--alphaDir", str(broken_folder / "alpha"), "--saveDir", str(out),
                 "--resume", str(ckpt)])
     assert_one_line(proc, *broken_words(broken_folder))
-    assert sorted(os.listdir(out)) == ["p16.png", "side_by_side"] and (out / "p16.png").read_bytes() == before
+    assert sorted(os.listdir(out)) == ["made_by.json", "p16.png", "side_by_side"]
+    assert (out / "p16.png").read_bytes() == before and (out / "made_by.json").read_bytes() == record
 
 
 # ---------------------------------------------------------------- tools/gen_trimap.py

@@ -148,7 +148,7 @@ def test_mask_folder_route_goes_on_past_a_bad_photo(files, tmp_path, capsys):
                    "to matte"]
     width = round(0.05 * np.hypot(SIZE, SIZE))
     assert np.array_equal(cv2.imread(str(out / "trimap" / "a.png"), cv2.IMREAD_UNCHANGED), trimap_from_mask(soft, width))
-    assert sorted(os.listdir(out)) == ["a.png", "side_by_side", "trimap"]
+    assert sorted(os.listdir(out)) == ["a.png", "made_by.json", "side_by_side", "trimap"]
     assert os.listdir(out / "trimap") == ["a.png"]
 
 

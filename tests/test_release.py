@@ -24,7 +24,7 @@ from py2_legacy import save_py2_legacy  # noqa: E402
 
 from core.checkpoint import RELEASES  # noqa: E402
 from core.network import DIMNet  # noqa: E402
-from core.release import fetch_release, is_release, release_url, verify_release  # noqa: E402
+from core.release import TRAIN_HINT, fetch_release, is_release, release_url, verify_release  # noqa: E402
 from core import test as test_mod  # noqa: E402
 from core.utils import UserError, run_cli  # noqa: E402
 from tools import export  # noqa: E402
@@ -165,14 +165,14 @@ def test_entry_points_download_on_demand(server, tmp_path, monkeypatch, capsys):
     assert exc.value.code == 2 and len(requests) == before  # no request made
     assert capsys.readouterr().err.splitlines() == [
         f"error: {model}: no such checkpoint. Download the released model {NAME} from https://github.com/"
-        "huochaitiantang/pytorch-deep-image-matting/releases into model/, or train one here with `bash train.sh` "
-        "(or the CPU smoke run in the README)"]
+        f"huochaitiantang/pytorch-deep-image-matting/releases into model/, {TRAIN_HINT}"]
     monkeypatch.setenv("DIM_RELEASES_URL", f"{base}/missing")
     with pytest.raises(SystemExit) as exc:
         run_cli(test_mod.main, argv)
     assert exc.value.code == 2 and os.listdir(model.parent) == []
     assert capsys.readouterr().err.splitlines() == [f"error: {base}/missing/V1.5/{NAME}: download failed (HTTP "
-                                                    f"Error 404: Not Found); nothing was written to {model}"]
+                                                    f"Error 404: Not Found); nothing was written to {model}. "
+                                                    f"Offline? Put the file there by hand, {TRAIN_HINT}"]
     assert not out.exists()
     monkeypatch.setenv("DIM_RELEASES_URL", f"{base}/good")
     with pytest.raises(SystemExit) as exc:
@@ -182,7 +182,7 @@ def test_entry_points_download_on_demand(server, tmp_path, monkeypatch, capsys):
     assert f"downloading {base}/good/V1.5/{NAME} (the released weights are licensed for non-commercial use only)" \
         in out_text
     assert model.read_bytes() == bodies["good"]
-    assert os.listdir(out) == ["synthetic_01.png"]
+    assert sorted(os.listdir(out)) == ["made_by.json", "synthetic_01.png"]
 
 
 def test_export_downloads_only_a_missing_release(server, tmp_path, monkeypatch, capsys):
@@ -198,5 +198,6 @@ def test_export_downloads_only_a_missing_release(server, tmp_path, monkeypatch, 
         run_cli(export.main, argv)
     assert exc.value.code == 2 and len(requests) == before + 1
     assert capsys.readouterr().err == (f"error: {base}/missing/V1.5/{NAME}: download failed (HTTP Error 404: Not "
-                                       f"Found); nothing was written to {model}\n")
+                                       f"Found); nothing was written to {model}. Offline? Put the file there by "
+                                       f"hand, {TRAIN_HINT}\n")
     assert os.listdir(tmp_path) == []

@@ -442,3 +442,38 @@ def test_train_sh_passes_the_reference_settings(tmp_path):
     if not (ROOT / "model" / "stage1" / "ckpt_best.pth").exists():  # stage 2's default --pretrain
         proc = sh(DATA_ROOT=str(root), STAGE="2")
         assert proc.returncode == 2 and "train stage 1 first" in proc.stderr
+
+
+def test_a_second_run_into_the_same_save_dir_is_refused_and_overwrite_replaces_it(straight, dataset, tmp_path,
+                                                                                 capsys):
+    """The straight run's files are another run's: refused in one line, byte for byte untouched."""
+    before = {p.name: p.read_bytes() for p in straight.iterdir() if p.is_file()}
+    run_id = json.loads((straight / "config.json").read_text())["run_id"]
+    assert read_checkpoint(straight / "ckpt_best.pth")["config"]["run_id"] == run_id
+    assert f"(new best of run {run_id})" in (straight / "train.log").read_text()
+    with pytest.raises(SystemExit) as exc:
+        run_cli(train.main, base_args(dataset, straight, "--nEpochs", "1"))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err == (f"error: {straight} holds the files of run {run_id} (ckpt_best.pth, ckpt_e2.pth, ckpt_last.pth, "
+                   f"config.json): continue it with --resume {straight / 'ckpt_last.pth'}, choose another --saveDir "
+                   "(train.sh: SAVE_DIR=DIR), or pass --overwrite to replace them\n")
+    assert {p.name: p.read_bytes() for p in straight.iterdir() if p.is_file()} == before
+    # a checkpoint of another run cannot be resumed into it either
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"run_id": "20000101-000000-abcdef"}))
+    with pytest.raises(UserError, match=rf"^--resume .*ckpt_last.pth is a checkpoint of run {run_id}, but {other} "
+                                        "holds the files of run 20000101-000000-abcdef: resume into another"):
+        train.main(base_args(dataset, other, "--nEpochs", "1", "--resume", str(straight / "ckpt_last.pth")))
+    # --overwrite: the earlier run's checkpoints and config go, a new run id is written everywhere
+    (other / "ckpt_e7.pth").write_bytes(b"old")
+    (other / "ckpt_best.pth").write_bytes(b"old")
+    assert train.main(base_args(dataset, other, "--nEpochs", "1", "--overwrite")) == 0
+    assert sorted(p.name for p in other.iterdir()) == ["ckpt_last.pth", "config.json", "train.log"]
+    new_id = json.loads((other / "config.json").read_text())["run_id"]
+    assert new_id not in (run_id, "20000101-000000-abcdef")
+    assert read_checkpoint(other / "ckpt_last.pth")["config"]["run_id"] == new_id
+    log = (other / "train.log").read_text()
+    assert ("--overwrite: removed ckpt_best.pth, ckpt_e7.pth, config.json of run 20000101-000000-abcdef from "
+            f"{other}") in log and f"run {new_id} (new) in {other}" in log

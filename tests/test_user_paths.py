@@ -1,6 +1,7 @@
 """What a new user runs, as they run it: train.sh --online without composites on the CPU,
 tools/cutout.py on a matte they already have, and the evaluation numbers of docs/evaluation.md."""
 
+import json
 import os
 import re
 import subprocess
@@ -45,6 +46,47 @@ def test_train_sh_online_on_the_cpu_without_composites(tmp_path):
     assert f"checkpoint saved to {save / 'ckpt_last.pth'} (after epoch 1)" in log
     ckpt = torch.load(save / "ckpt_last.pth", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["config"]["online"] and ckpt["config"]["adobeDir"] == str(root)
+
+
+def test_train_sh_twice_into_one_save_dir_keeps_the_first_runs_best(tmp_path):
+    """The real train.sh, twice with the same SAVE_DIR: the second run refuses in one line, and the first
+    run's ckpt_best.pth and config.json survive byte for byte."""
+    from test_train import write_dataset
+
+    d = write_dataset(tmp_path / "d")
+    root = tmp_path / "Combined_Dataset"
+    (root / "Training_set").mkdir(parents=True)
+    (root / "Test_set").mkdir()
+    os.symlink(tmp_path / "d" / "train", root / "Training_set" / "comp")
+    os.symlink(tmp_path / "d" / "test", root / "Test_set" / "comp")
+    save = tmp_path / "run"
+    env = clean_env(DATA_ROOT=str(root), PRETRAIN="", SAVE_DIR=str(save), CUDA="0")
+    flags = ["--nEpochs", "1", "--crop_h", "32", "--crop_w", "32", "--size_h", "32", "--size_w", "32", "--threads",
+             "0", "--ckptSaveFreq", "0"]
+    proc = subprocess.run(["bash", "train.sh", *flags], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in save.iterdir()) == ["ckpt_best.pth", "ckpt_last.pth", "config.json", "train.log"]
+    first = {name: (save / name).read_bytes() for name in ("ckpt_best.pth", "config.json", "train.log")}
+    run_id = torch.load(save / "ckpt_best.pth", weights_only=True)["config"]["run_id"]
+    assert f"(new best of run {run_id})" in first["train.log"].decode()
+    proc = subprocess.run(["bash", "train.sh", *flags], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines()[1:] == [
+        f"error: {save} holds the files of run {run_id} (ckpt_best.pth, ckpt_last.pth, config.json): continue it "
+        f"with --resume {save / 'ckpt_last.pth'}, choose another --saveDir (train.sh: SAVE_DIR=DIR), or pass "
+        "--overwrite to replace them"]
+    assert {name: (save / name).read_bytes() for name in first} == first
+    # --overwrite (passed through to core/train.py) replaces that run by a new one
+    proc = subprocess.run(["bash", "train.sh", *flags, "--overwrite"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    new_id = torch.load(save / "ckpt_best.pth", weights_only=True)["config"]["run_id"]
+    assert new_id != run_id and json.loads((save / "config.json").read_text())["run_id"] == new_id
+    log = (save / "train.log").read_text()
+    assert log.startswith(first["train.log"].decode())  # appended to
+    assert f"--overwrite: removed ckpt_best.pth, ckpt_last.pth, config.json of run {run_id} from {save}" in log
 
 
 # --------------------------------------------------------------------------- #

@@ -24,7 +24,9 @@ byte for byte what ``core/test.py`` writes for the same files, model and mode.
 
 Uploads and results live in one temporary folder, removed when the server
 stops (and swept of results older than an hour while it runs); the client
-sends files, never server paths.
+sends files, never server paths. A refused upload or request is one
+``refused: …`` line in the server's log, not a traceback; the first lines give
+the address and name ``--share`` (Gradio's own banner is silenced).
 """
 
 import os
@@ -47,7 +49,7 @@ from core.cutout import (checkerboard, composite_on, estimate_foreground, make_r
                          pymatting_available)
 from core.folder import load_for_inference
 from core.imageio import read_gray, read_image, read_unchanged, write_image
-from core.inference import predict_matte, whole_size
+from core.inference import choose_mode, predict_matte, shrink_note, whole_size
 from core.segment import Segmenter, add_segmenter_args
 from core.options import REPO_ROOT, RELEASED_MODEL, InferenceOptions, add_inference_args
 from core.utils import UserError, run_cli, setup_logging
@@ -147,13 +149,6 @@ def apply_strokes(trimap, layers):
 # --------------------------------------------------------------------------- #
 # Prediction
 # --------------------------------------------------------------------------- #
-def choose_mode(mode, h, w, max_size):
-    """``auto`` → ``whole`` when both sides fit ``max_size``, else ``tile``; others unchanged."""
-    if mode == AUTO:
-        return "whole" if max(h, w) <= max_size else "tile"
-    return mode
-
-
 def check_request(image, trimap, mode, max_pixels):
     """Refuse what the model cannot take (:class:`UserError`); ``mode`` is ``whole`` or ``tile``."""
     h, w = image.shape[:2]
@@ -168,6 +163,17 @@ def check_request(image, trimap, mode, max_pixels):
         raise UserError(f"the photo is too small for {mode} mode: {exc}") from None
     if not np.any(trimap == 128):
         raise UserError("the trimap has no unknown (128) pixels: paint the edge with the grey brush")
+
+
+def check_api_trimap(trimap):
+    """What the API says about a trimap without unknown pixels: a 0/255 file is a mask (it has no brush)."""
+    if np.any(trimap == 128):
+        return
+    if not np.any((trimap != 0) & (trimap != 255)):
+        raise UserError("the trimap holds only 0 and 255: that is a mask, not a trimap; make a trimap of it with "
+                        "`python tools/gen_trimap.py --input mask.png --output trimap.png` and pass that, or on the "
+                        "page upload it as 'Mask or trimap' with 'Trimap from: uploaded mask or trimap'")
+    raise UserError("the trimap has no unknown (128) pixels: mark the edge to be matted with 128")
 
 
 class Matting:
@@ -187,10 +193,17 @@ class Matting:
         """(uint8 matte, mode used) for BGR ``image`` and ``trimap``, as core/test.py computes it."""
         mode = choose_mode(mode, *trimap.shape, self.options.max_size)
         check_request(image, trimap, mode, self.max_pixels)
+        note = shrink_note(*trimap.shape, self.options.max_size) if mode == "whole" else None
+        if note:
+            self.logger.info(note)
         start = time.perf_counter()
         matte = predict_matte(self.model, image, trimap, **self.options.predict_kwargs(mode))
         self.logger.info(f"{trimap.shape[1]}×{trimap.shape[0]} {mode}: {time.perf_counter() - start:.2f} s")
         return matte, mode
+
+    def refused(self, exc):
+        """The one log line of a rejected upload or request (no traceback: it is the user's file, not a bug)."""
+        self.logger.info(f"refused: {exc}")
 
     def result_dir(self):
         """A fresh folder for one request's files; older ones (past RESULT_MAX_AGE) are removed."""
@@ -257,12 +270,14 @@ def build_page(gr, matting):
             stored = read_upload(read_unchanged, photo, "photo")
             image = read_image(photo)
         except UserError as exc:
+            matting.refused(exc)
             return None, None, message(exc)
         try:
             up = read_upload(read_gray, upload, "mask or trimap") if upload else None
             trimap, note = automatic_trimap(stored, up, source, width, name=f"photo {os.path.basename(photo)}",
                                             segmenter=matting.segmenter, bgr=lambda: image)
         except UserError as exc:  # show the photo to paint on anyway
+            matting.refused(exc)
             return ({"background": cv2.cvtColor(image, cv2.COLOR_BGR2RGB), "layers": [], "composite": None},
                     None, message(exc))
         return ({"background": overlay(image, trimap), "layers": [], "composite": None}, trimap,
@@ -285,6 +300,7 @@ def build_page(gr, matting):
             fg = estimate_foreground(image, matte, args.fg_backend)
             shown = composite_on(fg, matte, background_of(backdrop, colour, *trimap.shape))
         except UserError as exc:
+            matting.refused(exc)
             return (*empty, message(exc))
         folder, stem = matting.result_dir(), stem_of(photo)
         files = [os.path.join(folder, f"{stem}.png"), os.path.join(folder, f"{stem}_rgba.png"),
@@ -293,17 +309,20 @@ def build_page(gr, matting):
             write_image(path, img)
         rgb = [cv2.cvtColor(image, cv2.COLOR_BGR2RGB), trimap, matte, cv2.cvtColor(shown, cv2.COLOR_BGR2RGB)]
         matting.logger.info(f"page request with cut-out: {time.perf_counter() - start:.2f} s")
-        return (*rgb, *files, f"Predicted in {used} mode.")
+        note = shrink_note(*trimap.shape, matting.options.max_size) if used == "whole" else None
+        return (*rgb, *files, f"Predicted in {used} mode." + (f" {note}." if note else ""))
 
     def predict_api(photo, trimap, mode):
         """photo, trimap (image files), mode (auto|whole|tile) → the 8-bit matte PNG core/test.py writes."""
         try:
             if not photo or not trimap:
                 raise UserError("give a photo and a trimap")
-            matte, _ = matting.matte(read_upload(read_image, photo, "photo"), read_upload(read_gray, trimap, "trimap"),
-                                     mode or AUTO)
-        except UserError as exc:
-            raise gr.Error(str(exc)) from None
+            image, trimap = read_upload(read_image, photo, "photo"), read_upload(read_gray, trimap, "trimap")
+            check_api_trimap(trimap)
+            matte, _ = matting.matte(image, trimap, mode or AUTO)
+        except UserError as exc:  # one log line; the caller gets the message, not a server traceback
+            matting.refused(exc)
+            raise gr.Error(str(exc), print_exception=False) from None
         path = os.path.join(matting.result_dir(), f"{stem_of(photo)}.png")
         write_image(path, matte)
         return path
@@ -358,6 +377,37 @@ def build_page(gr, matting):
     return page
 
 
+def quiet_refusals(logger):
+    """One log line instead of the traceback Gradio prints when it refuses a request itself.
+
+    Gradio's queue prints every exception but a quiet ``gr.Error``; a file
+    path the client did not upload (``InvalidPathError``) is a refused
+    request, not a crash of this server. Other exceptions keep their traceback.
+    """
+    try:
+        import gradio.exceptions as gr_exceptions
+        import gradio.queueing as queueing
+    except ImportError:
+        return
+    real = getattr(queueing, "traceback", None)
+    refused = getattr(gr_exceptions, "InvalidPathError", None)
+    if real is None or refused is None:  # another Gradio: leave it as it is
+        return
+
+    class Traceback:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def print_exc(self, *a, **kw):
+            exc = sys.exc_info()[1]
+            if isinstance(exc, refused):
+                logger.info(f"refused: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+            else:
+                real.print_exc(*a, **kw)
+
+    queueing.traceback = Traceback()
+
+
 # --------------------------------------------------------------------------- #
 # Command line
 # --------------------------------------------------------------------------- #
@@ -403,9 +453,19 @@ def main(argv=None):
     os.makedirs(out_root)
     matting = Matting(args, options, logger, out_root)
     page = build_page(gr, matting)
+    quiet_refusals(logger)
     logger.info(f"temporary files in {temp_root} (removed on exit)")
-    page.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, share=args.share,
-                                                   show_error=True)
+    # Gradio's own banner would say "set `share=True` in `launch()`": this page's lines name its flags
+    _, local_url, share_url = page.queue(default_concurrency_limit=1).launch(
+        server_name=args.host, server_port=args.port, share=args.share, show_error=True, quiet=True,
+        prevent_thread_lock=True)
+    logger.info(f"the page is on {local_url} (Ctrl-C stops it)")
+    if share_url:
+        logger.info(f"public link: {share_url} (anyone with it can use this server; it ends with the server)")
+    else:
+        logger.info("for a public link, start it with --share" if args.host in ("127.0.0.1", "localhost") else
+                    f"listening on {args.host}; --share also gives a public link")
+    page.block_thread()
     return 0
 
 

@@ -9,7 +9,9 @@ no ``--background`` is given) and ``<photo stem>_bg_<bg>.png`` for each
 file stem), ``--saveDir`` defaulting to the matte's folder, i.e. where
 ``core/demo.py --rgba/--background`` puts them. The foreground colours are
 estimated once (``core.cutout``) and reused for every background. Prints each
-file written and the estimator used.
+file written and the estimator used. The folder's ``made_by.json`` records
+which model made the matte (``core.outputs``): cut-outs of another model's
+matte are not written among that folder's files without ``--force``.
 """
 
 import os
@@ -20,8 +22,9 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 import argparse
 
-from core.cutout import add_cutout_args, cutout_options, write_cutouts
+from core.cutout import add_cutout_args, cutout_names, cutout_options, write_cutouts
 from core.imageio import read_gray, read_image
+from core.outputs import add_force_arg, check_outputs_maker, file_sha256, maker_of, record_outputs
 from core.utils import UserError, run_cli
 
 
@@ -31,6 +34,7 @@ def parse_args(argv=None):
     parser.add_argument("--matte", required=True, help="its alpha matte, an 8-bit grey image of the same size "
                                                       "(e.g. what core/demo.py or core/test.py wrote)")
     parser.add_argument("--saveDir", help="write into <saveDir>/cutout/ (default: the matte's folder)")
+    add_force_arg(parser)
     add_cutout_args(parser)
     return parser.parse_args(argv)
 
@@ -45,6 +49,12 @@ def main(argv=None):
         raise UserError(f"{args.matte}: the matte is {matte.shape[1]}×{matte.shape[0]} but the image {args.image} "
                         f"is {image.shape[1]}×{image.shape[0]}")
     save_dir = args.saveDir if args.saveDir is not None else os.path.dirname(os.path.abspath(args.matte))
+    # the cut-outs' maker is the matte's (the model core/demo.py or core/test.py recorded), else the matte itself
+    matte_dir, matte_name = os.path.split(os.path.abspath(args.matte))
+    maker = maker_of(matte_dir, matte_name) or {"matte": os.path.abspath(args.matte), "sha256": file_sha256(args.matte)}
+    targets = cutout_names(os.path.basename(args.image), **options)
+    check_outputs_maker(save_dir, targets, maker, args.force)
+    record_outputs(save_dir, targets, maker)
     print(f"foreground colours: {options['backend']} (multi-level estimation, Germer et al. 2020)")
     for path in write_cutouts(save_dir, os.path.basename(args.image), image, matte, **options):
         print(f"wrote {path}")

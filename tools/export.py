@@ -1,11 +1,12 @@
 """Export a checkpoint to ONNX and/or TorchScript for deployment without this code.
 
     python tools/export.py --resume model/stage1_skip_sad_52.9.pth --out_dir model/export
-    python tools/export.py --resume runs/stage2/ckpt_best.pth --stage 2 --format onnx --out model/export/my_stage2
+    python tools/export.py --resume model/stage2/ckpt_best.pth --stage 2 --format onnx --out model/export/my_stage2
 
 Writes ``<out>.onnx`` and/or ``<out>.torchscript.pt``; by default ``<out>`` is
-``<out_dir>/<checkpoint stem>_stage<N>`` (``_alpha``/``_refined`` when the
-stage is unknown), so every run's ``ckpt_best.pth`` gets its own names. A file
+``<out_dir>/<checkpoint folder>_<checkpoint stem>_stage<N>`` (``_alpha``/``_refined``
+when the stage is unknown; a released file keeps its own name without the folder),
+so every run's ``ckpt_best.pth`` gets its own names. A file
 there that holds an export of another model (other weights or output) is not
 replaced without ``--force``; re-exporting the same model replaces it.
 
@@ -33,7 +34,7 @@ difference of the written matte in grey levels (ONNX needs onnxruntime;
 * ONNX: torch's ``torch.export``-based exporter (needs ``pip install onnx
   onnxscript``; opset ``--opset``, default 18). ``max_unpool2d`` has no
   direct translation; the exporter writes it as ScatterND, which onnxruntime
-  runs. Exporting takes about half a minute on a CPU.
+  runs. Exporting takes one to two minutes on a CPU.
 * TorchScript: ``torch.jit.trace`` (deprecated by PyTorch in favour of
   torch.export, still loadable with ``torch.jit.load``). torch ≥ 2.10 fails to
   trace ``max_unpool2d`` (a size check receives a traced tensor instead of an
@@ -67,7 +68,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.checkpoint import load_model
+from core.checkpoint import RELEASES, load_model
 from core.imageio import atomic_path, read_gray, read_image
 from core.inference import finish_matte, predict_matte, use_refined, whole_input
 from core.ops.reference import Reference
@@ -206,8 +207,15 @@ def read_meta(path):
 
 
 def default_stem(checkpoint, stage, refined):
-    """``<checkpoint stem>_stage<N>``, or ``_alpha``/``_refined`` when the stage is unknown."""
+    """``<folder>_<checkpoint stem>_stage<N>`` (``_alpha``/``_refined`` when the stage is unknown).
+
+    The folder tells trained models apart (every run writes ``ckpt_best.pth``: ``model/smoke/ckpt_best.pth``
+    → ``smoke_ckpt_best_stage1``); a released file's own name is unique and is kept alone.
+    """
     stem = os.path.splitext(os.path.basename(checkpoint))[0]
+    if os.path.basename(checkpoint) not in RELEASES:
+        folder = os.path.basename(os.path.dirname(os.path.abspath(checkpoint)))
+        stem = f"{folder}_{stem}" if folder else stem
     return f"{stem}_stage{stage}" if stage is not None else f"{stem}_{'refined' if refined else 'alpha'}"
 
 
@@ -318,7 +326,7 @@ def parse_args(argv=None):
                         help="the model has skip connections (default: from the checkpoint or its file name)")
     parser.add_argument("--no_skip", dest="skip", action="store_false", help="the model has no skip connections")
     parser.add_argument("--out", help="output name without extension: writes OUT.onnx and/or OUT.torchscript.pt "
-                                      "(default: <out_dir>/<checkpoint stem>_stage<N>)")
+                                      "(default: <out_dir>/<checkpoint folder>_<checkpoint stem>_stage<N>)")
     parser.add_argument("--out_dir", default="model/export", help="output folder when --out is not given "
                                                                   "(default: model/export)")
     parser.add_argument("--force", action="store_true", help="replace files that hold another model's export")
