@@ -91,6 +91,39 @@ def _check_one(pair, mode, max_size):
             raise UserError(f"{pair.image}: {exc}") from None
 
 
+def pair_problems(pairs, mode="whole", max_size=1600, workers=None, progress=True):
+    """What is wrong with each pair: one message or None per pair, in order (see :func:`check_pairs`).
+
+    Ranks that split the pairs check their share each and gather these lists
+    (``core.sharding``), so :func:`raise_problems` gives one process's line.
+    """
+    workers = workers or min(8, os.cpu_count() or 1)
+    problems = []
+    with ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(_check_one, p, mode, max_size) for p in pairs]
+        try:
+            for fut in tqdm(futures, desc="checking", unit="img", disable=_no_bar(progress), leave=False):
+                try:
+                    fut.result()
+                    problems.append(None)
+                except UserError as exc:
+                    problems.append(str(exc))
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return problems
+
+
+def raise_problems(problems):
+    """One :class:`UserError` naming every bad pair of :func:`pair_problems`' list (the first eight in full)."""
+    bad = [p for p in problems if p is not None]
+    if len(bad) == 1:
+        raise UserError(bad[0])
+    if bad:
+        raise UserError(f"{len(bad)} of {len(problems)} pairs are unusable: " + "; ".join(bad[:8])
+                        + (f"; … and {len(bad) - 8} more" if len(bad) > 8 else ""))
+
+
 def check_pairs(pairs, mode="whole", max_size=1600, workers=None, progress=True):
     """Check every pair before anything is predicted.
 
@@ -100,24 +133,7 @@ def check_pairs(pairs, mode="whole", max_size=1600, workers=None, progress=True)
     (:func:`core.inference.check_trimap`). Raises one :class:`UserError`
     naming every bad file (the first eight in full), so one run shows them all.
     """
-    workers = workers or min(8, os.cpu_count() or 1)
-    bad = []
-    with ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(_check_one, p, mode, max_size) for p in pairs]
-        try:
-            for fut in tqdm(futures, desc="checking", unit="img", disable=_no_bar(progress), leave=False):
-                try:
-                    fut.result()
-                except UserError as exc:
-                    bad.append(str(exc))
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-    if len(bad) == 1:
-        raise UserError(bad[0])
-    if bad:
-        raise UserError(f"{len(bad)} of {len(pairs)} pairs are unusable: " + "; ".join(bad[:8])
-                        + (f"; … and {len(bad) - 8} more" if len(bad) > 8 else ""))
+    raise_problems(pair_problems(pairs, mode, max_size, workers, progress))
 
 
 def check_outputs(pairs, save_dir):
@@ -164,13 +180,14 @@ ImageResult.__doc__ = """One predicted pair. ``name``: :attr:`Pair.name`; ``seco
 of the written matte, or None when not scored; ``cutouts``: the cut-out files written."""
 
 
-def predict_pairs(model, pairs, save_dir=None, score=False, progress=True, should_stop=None, cutout=None,
+def predict_pairs(model, pairs, save_dir=None, score=False, progress=True, should_stop=None, cutout=None, bar=None,
                   **predict):
     """Predict ``pairs`` in order: ``(results, stopped)``, one :class:`ImageResult` per predicted pair.
 
     ``predict``: keyword arguments of :func:`core.inference.predict_matte`
     (:meth:`core.options.InferenceOptions.predict_kwargs`); the other
-    arguments as :func:`predict_folder`. ``stopped``: ``should_stop()`` ended
+    arguments as :func:`predict_folder`; ``bar``: more tqdm options (a rank's
+    ``desc`` and ``position``, :func:`core.sharding.bar_options`). ``stopped``: ``should_stop()`` ended
     the loop before the last pair. The model's train/eval mode is restored.
     """
     if save_dir is not None:
@@ -181,7 +198,7 @@ def predict_pairs(model, pairs, save_dir=None, score=False, progress=True, shoul
     net.eval()
     results = []
     try:
-        bar = tqdm(pairs, desc="predicting", unit="img", disable=_no_bar(progress))
+        bar = tqdm(pairs, unit="img", disable=_no_bar(progress), **{"desc": "predicting", **(bar or {})})
         for pair in bar:
             if should_stop is not None and should_stop():
                 return results, True
@@ -262,11 +279,11 @@ def require_checkpoint(options, logger):
         raise UserError(missing_checkpoint_hint(options.resume))
 
 
-def load_for_inference(options, logger):
+def load_for_inference(options, logger, local_rank=0):
     """Device and model from :class:`core.options.InferenceOptions` (precision already checked against
-    the device type): ``(model in eval mode, info)``."""
+    the device type): ``(model in eval mode, info)``. ``local_rank``: the GPU of this rank under torchrun."""
     require_checkpoint(options, logger)
-    device = select_device(options.cuda)
+    device = select_device(options.cuda, local_rank)
     if options.amp and device.type != "cuda":
         logger.info("--amp has no effect on the CPU")
     model, info = load_model(options.resume, stage=options.stage, skip=options.skip, device=device,
