@@ -17,7 +17,8 @@ matte as ``<saveDir>/<name>.png`` (8-bit, as ``core/test.py`` writes it) and a
 labelled side-by-side picture ``<saveDir>/side_by_side/<name>.png``: image |
 trimap | prediction | ground truth (the last panel when an alpha of the same
 name is in ``--alphaDir``, ``result/example/alpha`` for the examples; those
-are also scored). In a folder run a photo that cannot be matted is reported
+are also scored). Under ``torchrun`` a folder run is shared out over the ranks
+(``core.sharding``), with the same outputs. In a folder run a photo that cannot be matted is reported
 and the others are still written (exit status 2).
 """
 

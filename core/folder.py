@@ -26,10 +26,12 @@ from core.cutout import write_cutouts
 from core.data import list_images
 from core.imageio import read_gray, read_image, write_image
 from core.inference import check_trimap, predict_matte, setup_backend, whole_size
-from core.metrics import compute_metrics, mean_metrics, read_alpha, read_trimap, write_metrics_csv, write_metrics_json
+from core.metrics import (compute_metrics, format_table, mean_metrics, read_alpha, read_trimap, write_metrics_csv,
+                          write_metrics_json)
 from core.options import RELEASED_MODEL
 from core.release import download_if_missing
-from core.utils import UserError, plural, preview, select_device
+from core.sharding import Clock, Ranks, bar_options, speed_lines, unshard
+from core.utils import UserError, plural, preview, select_device, setup_logging
 
 Pair = namedtuple("Pair", "name image trimap alpha")
 Pair.__doc__ = """One test item. ``name``: the matte's file name (image stem + ``.png``);
@@ -253,6 +255,50 @@ def predict_folder(model, pairs, save_dir=None, mode="whole", max_size=1600, siz
                                      cutout=cutout, mode=mode, max_size=max_size, size=size, stage=stage, amp=amp,
                                      tile_size=tile_size, tile_overlap=tile_overlap, precision=precision)
     return summarize(results, stopped)
+
+
+def predict_and_score(options, img_dir, trimap_dir, alpha_dir, save_dir, cutout=None, ranks=None):
+    """Each rank predicts its share of the pairs and writes those mattes; rank 0 scores and summarises all.
+
+    Every step that can fail runs on every rank and stops them all with the
+    same line (:meth:`core.sharding.Ranks.run_all`); the per-image results come
+    back in the pairs' order, so rank 0 writes what one process writes. The
+    run of ``core/test.py``: ``options`` (:class:`core.options.InferenceOptions`),
+    the folders (``alpha_dir`` None: nothing is scored), ``cutout``
+    (:func:`core.cutout.cutout_options`), ``ranks`` (:func:`core.sharding.start`;
+    default one process). Returns 0.
+    """
+    ranks = ranks or Ranks()
+    logger = setup_logging(rank=ranks.rank)
+    # one download per machine (the first rank there); then every rank finds the file
+    ranks.run_all(lambda: require_checkpoint(options, logger) if ranks.local_rank == 0 else None, "fetching the model")
+    pairs = ranks.run_all(lambda: find_pairs(img_dir, trimap_dir, alpha_dir), "pairing")
+    mine = ranks.share(pairs)
+    raise_problems(ranks.in_order(lambda: pair_problems(mine, options.mode, options.max_size), "checking the pairs"))
+    model, _ = ranks.run_all(lambda: load_for_inference(options, logger, ranks.local_rank), "loading the model")
+    on = f" on {ranks.world} ranks" if ranks.distributed else ""
+    logger.info(f"{len(pairs)} images{on}, mode {options.mode}; writing to {save_dir}")
+
+    def predict():
+        clock = Clock()
+        results, _ = predict_pairs(model, mine, save_dir, score=alpha_dir is not None, cutout=cutout,
+                                   bar=bar_options(ranks, "predicting"), **options.predict_kwargs())
+        return results, clock.report(ranks, len(results), next(model.parameters()).device)
+
+    answers = ranks.run_all(predict, "predicting", gather=True)
+    if not ranks.main:
+        return 0
+    result = summarize(unshard([results for results, _ in answers]))
+    log_speed(logger, result.seconds)
+    for line in speed_lines([report for _, report in answers]):
+        logger.info(line)
+    logger.info(f"wrote {plural(len(pairs), 'matte')} to {save_dir}")
+    log_cutouts(logger, result.cutouts, cutout)
+    if alpha_dir is not None:
+        print(format_table(result.rows, result.means))
+        csv_path, json_path = write_scores(save_dir, result.rows, result.means)
+        logger.info(f"wrote {csv_path} and {json_path}")
+    return 0
 
 
 def write_scores(save_dir, rows, means):

@@ -20,8 +20,6 @@ import os
 import socket
 import time
 
-from tqdm import tqdm
-
 from core.utils import UserError, dist_env, plural
 
 DEFAULT_TIMEOUT = 600  # seconds a rank waits for the others at each meeting point
@@ -88,7 +86,7 @@ class Ranks:
         out = [None] * self.world
         try:
             dist.all_gather_object(out, obj, group=self.group)
-        except Exception as exc:  # noqa: BLE001 — gloo raises RuntimeError/DistBackendError on timeouts and lost peers
+        except Exception as exc:  # noqa: BLE001 — gloo: RuntimeError/DistBackendError on timeouts, lost peers
             raise UserError(self.lost(what, exc)) from None
         return out
 
@@ -198,7 +196,3 @@ def speed_lines(reports, unit="image"):
                  "(wall clock, reading and writing files included)")
     return lines
 
-
-def progress_bar(ranks, iterable=None, desc="", **kwargs):
-    """A tqdm bar for this rank (see :func:`bar_options`)."""
-    return tqdm(iterable, **bar_options(ranks, desc), **kwargs)

@@ -13,6 +13,10 @@ SAD, MSE, Grad, Conn as the official MATLAB code computes them, ground truth
 read as ``evaluate.m`` reads it); the table is printed and written to
 ``metrics.csv`` and ``metrics.json`` in ``--saveDir``.
 
+Under ``torchrun`` (``--nproc_per_node N``, also across machines) each rank
+predicts every N-th pair on the GPU ``LOCAL_RANK`` names, or the CPU; rank 0
+gathers the scores and writes what one process writes (``core.sharding``).
+
 This file is the command line only: the flags and their checks are
 ``core.options``, the pairing, checking, prediction and scoring ``core.folder``
 (shared with ``core/demo.py``, ``tools/app.py`` and training-time validation).
@@ -27,12 +31,10 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 import argparse
 
 from core.cutout import cutout_options
-from core.folder import (find_pairs, load_for_inference, log_cutouts, log_speed, pair_problems, predict_pairs,
-                         raise_problems, require_checkpoint, summarize, write_scores)
-from core.metrics import format_table
+from core.folder import predict_and_score
 from core.options import InferenceOptions, add_inference_args
-from core.sharding import Clock, add_dist_args, bar_options, speed_lines, start, unshard
-from core.utils import UserError, plural, run_cli, setup_logging
+from core.sharding import add_dist_args, start
+from core.utils import UserError, run_cli
 
 
 def parse_args(argv=None):
@@ -56,48 +58,10 @@ def main(argv=None):
         raise UserError(f"{args.saveDir}: --saveDir exists and is not a folder")
     ranks = start(args.dist_timeout)  # one process, or this rank of torchrun's
     try:
-        return predict_and_score(args, options, cutout, ranks)
+        return predict_and_score(options, args.imgDir, args.trimapDir, args.alphaDir or None, args.saveDir, cutout,
+                                 ranks)
     finally:
         ranks.close()
-
-
-def predict_and_score(args, options, cutout, ranks):
-    """Each rank predicts its share of the pairs and writes those mattes; rank 0 scores and summarises all.
-
-    Every step that can fail runs on every rank and stops them all with the
-    same line (:meth:`core.sharding.Ranks.run_all`); the per-image results come
-    back in the pairs' order, so rank 0 writes what one process writes.
-    """
-    logger = setup_logging(rank=ranks.rank)
-    # one download per machine (the first rank there); then every rank finds the file
-    ranks.run_all(lambda: require_checkpoint(options, logger) if ranks.local_rank == 0 else None, "fetching the model")
-    pairs = ranks.run_all(lambda: find_pairs(args.imgDir, args.trimapDir, args.alphaDir or None), "pairing")
-    mine = ranks.share(pairs)
-    raise_problems(ranks.in_order(lambda: pair_problems(mine, options.mode, options.max_size), "checking the pairs"))
-    model, _ = ranks.run_all(lambda: load_for_inference(options, logger, ranks.local_rank), "loading the model")
-    on = f" on {ranks.world} ranks" if ranks.distributed else ""
-    logger.info(f"{len(pairs)} images{on}, mode {options.mode}; writing to {args.saveDir}")
-
-    def predict():
-        clock = Clock()
-        results, _ = predict_pairs(model, mine, args.saveDir, score=bool(args.alphaDir), cutout=cutout,
-                                   bar=bar_options(ranks, "predicting"), **options.predict_kwargs())
-        return results, clock.report(ranks, len(results), next(model.parameters()).device)
-
-    answers = ranks.run_all(predict, "predicting", gather=True)
-    if not ranks.main:
-        return 0
-    result = summarize(unshard([results for results, _ in answers]))
-    log_speed(logger, result.seconds)
-    for line in speed_lines([report for _, report in answers]):
-        logger.info(line)
-    logger.info(f"wrote {plural(len(pairs), 'matte')} to {args.saveDir}")
-    log_cutouts(logger, result.cutouts, cutout)
-    if args.alphaDir:
-        print(format_table(result.rows, result.means))
-        csv_path, json_path = write_scores(args.saveDir, result.rows, result.means)
-        logger.info(f"wrote {csv_path} and {json_path}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -175,9 +175,12 @@ def test_composite_cli_shards_under_torchrun_and_by_flag(tmp_path):
     one = make_dataset(str(tmp_path / "one"), num_fg=2, num_test_fg=1, size=32, seed=3)
     two = make_dataset(str(tmp_path / "two"), num_fg=2, num_test_fg=1, size=32, seed=3)
     three = make_dataset(str(tmp_path / "three"), num_fg=2, num_test_fg=1, size=32, seed=3)
-    flags = lambda d: ["tools/composite.py", "--root_dir", d["root_dir"], "--train_bg_dir", d["train_bg_dir"],  # noqa: E731
-                       "--test_bg_dir", d["test_bg_dir"], "--train_bg_per_fg", str(d["train_bg_per_fg"]),
-                       "--test_bg_per_fg", str(d["test_bg_per_fg"]), "--workers", "1"]
+
+    def flags(d):
+        return ["tools/composite.py", "--root_dir", d["root_dir"], "--train_bg_dir", d["train_bg_dir"],
+                "--test_bg_dir", d["test_bg_dir"], "--train_bg_per_fg", str(d["train_bg_per_fg"]),
+                "--test_bg_per_fg", str(d["test_bg_per_fg"]), "--workers", "1"]
+
     env = dict(os.environ, OMP_NUM_THREADS="1")
     _run(one)
     proc = subprocess.run([*TORCHRUN, "--nproc_per_node=2", *flags(two)], cwd=REPO, env=env, capture_output=True,
