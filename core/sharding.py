@@ -17,6 +17,7 @@ copy each object through the device and gains nothing here.
 import datetime
 import math
 import os
+import re
 import socket
 import time
 
@@ -93,7 +94,7 @@ class Ranks:
     def lost(self, what, exc):
         """The one line for a rank that did not answer (stopped, failed or hung)."""
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        detail = lines[0][:200] if lines else type(exc).__name__
+        detail = re.sub(r"^\[[^\]]*\]\s*", "", lines[0])[:200] if lines else type(exc).__name__  # no gloo source path
         return (f"rank {self.rank}: another rank did not answer within {self.timeout:g} s while {what} "
                 f"(it stopped, failed or is still busy; see its output; --dist_timeout sets the wait): {detail}")
 

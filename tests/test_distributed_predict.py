@@ -31,6 +31,21 @@ from tools.make_synthetic import make_dataset  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 BAD = "light-bulb-376930_1920_11.png"
+# rank 1 is still busy checking when rank 0 has waited --dist_timeout (10) seconds
+SLOW_RANK = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+import core.folder as F
+from core import test as T
+from core.utils import run_cli
+real = F.pair_problems
+def slow(*a, **k):
+    if os.environ["RANK"] == "1":
+        time.sleep(90)
+    return real(*a, **k)
+F.pair_problems = slow
+run_cli(T.main)
+"""
 
 
 def test_shares_are_strided_and_unshard_restores_the_order():
@@ -89,6 +104,10 @@ def runs(tmp_path_factory, dim_examples):
         "demo_one": [sys.executable, *demo_args("demo_one")],
         "demo_two": [*TORCHRUN, "--nproc_per_node=2", *demo_args("demo_two")],
     }
+    probe = tmp / "slow_rank.py"
+    probe.write_text(SLOW_RANK.format(root=str(REPO)))
+    slow = [*TORCHRUN, "--nproc_per_node=2", str(probe), *test_args(data, "slow")[1:]]
+    commands["slow"] = slow[:slow.index("--dist_timeout") + 1] + ["10"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = {k: subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for k, c in commands.items()}
@@ -132,6 +151,14 @@ def test_a_bad_image_stops_every_rank_with_one_process_line(runs):
     assert status != 0 and got and set(got) == set(lines)  # every rank that spoke said one process's line
     assert f'{REPO / "core"}' not in stderr  # torchrun's own report only, no traceback from the project
     assert not out.exists() or not list(out.glob("*.png"))  # refused before anything was predicted
+
+
+def test_a_rank_that_does_not_answer_stops_the_others_within_the_timeout(runs):
+    status, _, stderr, out = runs["slow"]
+    lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert status != 0 and lines
+    assert lines[0].startswith("error: rank 0: another rank did not answer within 10 s while checking the pairs")
+    assert "unbound_buffer" not in lines[0] and not list(out.glob("*.png"))
 
 
 def test_demo_folder_run_is_shared_out(runs):
