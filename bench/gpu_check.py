@@ -3,7 +3,7 @@
     python bench/gpu_check.py                          # CUDA: about 2–5 minutes on one GPU
     python bench/gpu_check.py --device cpu --quick     # the same steps, tiny, on the CPU (DDP over gloo)
 
-Four parts, each row of the table saying ok or FAILED (exit status 1 when any failed):
+Five parts, each row of the table saying ok or FAILED (exit status 1 when any failed):
 
 * **inference**, ``whole`` mode on a synthetic 1600×1280 image (the network
   input, no resizing) with the benchmark's fixed random weights: ``fp32``
@@ -28,7 +28,11 @@ Four parts, each row of the table saying ok or FAILED (exit status 1 when any fa
   and whether the loader keeps up (at least 90 % of the in-memory rate);
 * **DDP**: ``torchrun`` on every visible GPU with NCCL (2 CPU processes with
   gloo under ``--device cpu``), 20 iterations of stage 1; the parameters must
-  be identical on every rank afterwards.
+  be identical on every rank afterwards;
+* **predict torchrun**: ``core/test.py`` on 5 synthetic pairs (640×480;
+  --quick: 96×64) under ``torchrun --nproc_per_node 2`` (one GPU each; skipped
+  with a note when fewer than 2 GPUs are visible) against one process: the
+  matte bytes and ``metrics.json`` must be identical.
 
 ``--quick`` shrinks everything (192×128 inference without warm-up, 64×64
 training, 1 + 2 and 2 iterations) so that the test suite can run the whole
@@ -383,6 +387,61 @@ def check_ddp(args, device, rows):
 
 
 # --------------------------------------------------------------------------- #
+# Prediction on two ranks (torchrun) against one process
+
+def check_predict(args, device, rows):
+    import cv2
+    import torch
+
+    from core.checkpoint import save_checkpoint
+    from core.network import DIMNet
+
+    cuda = device.type == "cuda"
+    setting = "core/test.py, torchrun 2 processes vs 1, 5 images"
+    if cuda and torch.cuda.device_count() < 2:
+        rows.append(["predict torchrun", setting, "-", "-", "-",
+                     f"needs 2 GPUs, {torch.cuda.device_count()} visible", "skipped"])
+        report(rows)
+        return
+    w, h = (96, 64) if args.quick else (640, 480)
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in ("image", "trimap", "alpha"):
+            os.makedirs(os.path.join(tmp, kind))
+        for i in range(5):
+            image, trimap = synthetic_pair(w + 32 * i, h, seed=i)
+            cv2.imwrite(os.path.join(tmp, "image", f"p{i}.png"), image)
+            cv2.imwrite(os.path.join(tmp, "trimap", f"p{i}.png"), trimap)
+            cv2.imwrite(os.path.join(tmp, "alpha", f"p{i}.png"), cv2.GaussianBlur(trimap, (5, 5), 0))
+        model = DIMNet(**VARIANTS[VARIANT][0])
+        model.load_state_dict(bench_state_dict(VARIANT))
+        ckpt = os.path.join(tmp, "bench.pth")
+        save_checkpoint(ckpt, model, epoch=1, best_sad=float("inf"))
+        flags = ["core/test.py", "--imgDir", os.path.join(tmp, "image"), "--trimapDir", os.path.join(tmp, "trimap"),
+                 "--alphaDir", os.path.join(tmp, "alpha"), "--resume", ckpt, *(["--cuda"] if cuda else [])]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        times, outs = {}, {}
+        for key, launch in (("one", [sys.executable]),
+                            ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                     "--nproc_per_node=2"])):
+            outs[key] = os.path.join(tmp, key)
+            start = time.perf_counter()
+            proc = subprocess.run([*launch, *flags, "--saveDir", outs[key]], cwd=ROOT, capture_output=True,
+                                  text=True, timeout=args.ddp_timeout, env=env)
+            times[key] = time.perf_counter() - start
+            if proc.returncode != 0:
+                rows.append(["predict torchrun", setting, "", "", "-", f"{key}: exit {proc.returncode}", "FAILED"])
+                print(proc.stdout[-2000:] + proc.stderr[-4000:], file=sys.stderr)
+                return
+        names = sorted(n for n in os.listdir(outs["one"]) if n.endswith(".png") or n.startswith("metrics."))
+        same = [n for n in names if open(os.path.join(outs["one"], n), "rb").read()
+                == open(os.path.join(outs["two"], n), "rb").read()]
+        ok = len(names) == 7 and len(same) == len(names)
+        rows.append(["predict torchrun", setting, f"{times['one']:.1f} s / {times['two']:.1f} s", "", "-",
+                     f"{len(same)} of {len(names)} files (mattes, metrics) identical", "ok" if ok else "FAILED"])
+        report(rows)
+
+
+# --------------------------------------------------------------------------- #
 
 TABLE_HEADERS = ["check", "setting", "time", "throughput", "peak MiB", "difference / losses", "status"]
 
@@ -398,7 +457,8 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="where to run (cuda)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few iterations (the test suite's run)")
-    parser.add_argument("--parts", default="inference,training,loader,ddp", help="comma-separated subset to run")
+    parser.add_argument("--parts", default="inference,training,loader,ddp,predict",
+                        help="comma-separated subset to run")
     parser.add_argument("--ddp_worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--train_size", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--ddp_iterations", type=int, default=None, help=argparse.SUPPRESS)
@@ -418,8 +478,8 @@ def main(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("no CUDA device is visible: run on a GPU machine, or use --device cpu --quick")
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    if any(p not in ("inference", "training", "loader", "ddp") for p in parts):
-        raise UserError(f"--parts {args.parts!r}: choose from inference, training, loader, ddp")
+    if any(p not in ("inference", "training", "loader", "ddp", "predict") for p in parts):
+        raise UserError(f"--parts {args.parts!r}: choose from inference, training, loader, ddp, predict")
     device = torch.device(args.device)
     print(f"machine: {machine_summary(torch.get_num_threads())}")
     print(f"CPU: {cpu_model()}; {cpu_features()}")
@@ -439,6 +499,8 @@ def main(argv=None):
         check_loader(args, device, rows)
     if "ddp" in parts:
         check_ddp(args, device, rows)
+    if "predict" in parts:
+        check_predict(args, device, rows)
     print(f"\nall checks ({time.perf_counter() - start:.0f} s; peak MiB = torch.cuda.max_memory_allocated, weights "
           "included; difference = mean / max grey levels of the 8-bit matte in the unknown region):")
     print(format_table(TABLE_HEADERS, rows))

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from core.imageio import read_image as _cv2_read  # 3-channel BGR uint8: how the reference reads fg, alpha, bg
 from core.imageio import (check_image_file, copy_file_atomic, encode_image, remove_stale_temps, write_bytes_atomic,
                           write_image)
+from core.sharding import share
 from core.utils import UserError, preview
 
 METHODS = ("reference", "adobe")
@@ -342,12 +343,15 @@ def _check_marker(out, method, bg_per_fg, write=False):
         write_bytes_atomic(path, json.dumps(want).encode())
 
 
-def gather_training(layout, jobs):
-    """Copy each listed training foreground and alpha into ``Training_set/all/{fg,alpha}`` (skips existing)."""
+def gather_training(layout, jobs, shard=None):
+    """Copy each listed training foreground and alpha into ``Training_set/all/{fg,alpha}`` (skips existing).
+
+    ``shard``: ``jobs`` are this shard's only; its stale temporaries alone are removed.
+    """
     for kind in ("fg", "alpha"):
         folder = os.path.join(layout["gather"], kind)
         os.makedirs(folder, exist_ok=True)
-        remove_stale_temps(folder)
+        remove_stale_temps(folder, {job["fg_name"] for job in jobs} if shard else None)
         for job in jobs:
             dst = os.path.join(folder, job["fg_name"])
             if not os.path.isfile(dst):
@@ -363,12 +367,18 @@ def _pool_map(fn, items, workers):
 
 
 def composite_dataset(root_dir, train_bg_dir=None, test_bg_dir=None, method="reference", only=None,
-                      workers=1, copies=True, train_bg_per_fg=100, test_bg_per_fg=20, comp_name="comp"):
+                      workers=1, copies=True, train_bg_per_fg=100, test_bg_per_fg=20, comp_name="comp", shard=None,
+                      position=None):
     """Composite the selected sets (``only``: None for both, ``train`` or ``test``).
 
     Everything is validated (names, counts, files, fg/alpha sizes) before the
-    first file is written. Returns ``{which: {"out", "composites", "written",
-    "skipped"}}``.
+    first file is written. ``shard``: ``(k, n)``, 0-based: write only the
+    composites of every n-th foreground from the k-th on (``core.sharding.share``),
+    so n processes or machines sharing the folders make together what one run
+    makes; each still checks every foreground, so a bad one stops every shard
+    before anything is written. Returns ``{which: {"out", "composites",
+    "written", "skipped"}}`` (this shard's composites). ``position``: the
+    progress bar's line (one per rank of a machine).
     """
     if method not in METHODS:
         raise UserError(f"--method {method!r}: choose from {', '.join(METHODS)}")
@@ -389,21 +399,25 @@ def composite_dataset(root_dir, train_bg_dir=None, test_bg_dir=None, method="ref
         raise UserError(f"{len(bad)} foreground/alpha pairs are unusable: {'; '.join(bad[:MAX_LISTED])}"
                         + (f" ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""))
     summary = {}
+    part = f" (shard {shard[0] + 1}/{shard[1]})" if shard else ""
     for layout, jobs in plans:
+        if shard:
+            jobs = share(jobs, *shard)
         if layout["gather"]:
-            gather_training(layout, jobs)
+            gather_training(layout, jobs, shard)
         _check_marker(layout["out"], method, layout["bg_per_fg"], write=True)
         dirs = _output_dirs(layout, copies)
+        mine = {c[1] for j in jobs for c in j["comps"]} if shard else None
         for folder in dirs.values():
             os.makedirs(folder, exist_ok=True)
-            remove_stale_temps(folder)
+            remove_stale_temps(folder, mine)
         total = sum(len(j["comps"]) for j in jobs)
         written = skipped = 0
-        with tqdm(total=total, desc=f"{layout['which']} composites", unit="img") as bar:
+        with tqdm(total=total, desc=f"{layout['which']} composites{part}", unit="img", position=position) as bar:
             for w, s in _pool_map(_compose_job, [(j, method, dirs) for j in jobs], workers):
                 written, skipped = written + w, skipped + s
                 bar.update(w + s)
         summary[layout["which"]] = dict(out=layout["out"], composites=total, written=written, skipped=skipped)
-        print(f"{layout['which']}: {total} composites in {layout['out']} "
+        print(f"{layout['which']}{part}: {total} composites in {layout['out']} "
               f"({written} written, {skipped} already there), method {method}")
     return summary

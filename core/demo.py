@@ -17,7 +17,8 @@ matte as ``<saveDir>/<name>.png`` (8-bit, as ``core/test.py`` writes it) and a
 labelled side-by-side picture ``<saveDir>/side_by_side/<name>.png``: image |
 trimap | prediction | ground truth (the last panel when an alpha of the same
 name is in ``--alphaDir``, ``result/example/alpha`` for the examples; those
-are also scored). In a folder run a photo that cannot be matted is reported
+are also scored). Under ``torchrun`` a folder run is shared out over the ranks
+(``core.sharding``), with the same outputs. In a folder run a photo that cannot be matted is reported
 and the others are still written (exit status 2).
 
 The examples keep the reference's defaults (``whole``, ``result/example/pred``);
@@ -44,12 +45,13 @@ from core.data import list_images
 from core.imageio import read_gray, read_image, write_image
 from core.metrics import format_table, read_alpha, read_prediction
 from core.cutout import cutout_names, cutout_options
-from core.folder import (Pair, check_outputs, check_pairs, find_pairs, load_for_inference, log_cutouts, log_speed,
-                         predict_folder)
+from core.folder import (Pair, check_outputs, find_pairs, load_for_inference, log_cutouts, log_speed, pair_problems,
+                         predict_pairs, raise_problems, require_checkpoint, summarize)
 from core.inference import AUTO, MODES
 from core.options import MODE_HELP, REPO_ROOT, RELEASED_MODEL, InferenceOptions, add_inference_args
 from core.outputs import add_force_arg, check_outputs_maker, model_maker, record_outputs
 from core.segment import Segmenter, WeightsError, add_segmenter_args
+from core.sharding import Clock, Ranks, add_dist_args, bar_options, speed_lines, start, unshard
 from core.trimap import DEFAULT_WIDTH_FRAC, photo_trimap
 from core.utils import UserError, plural, run_cli, select_device, setup_logging
 
@@ -129,15 +131,19 @@ def _trimap_dir(args):
     return args.trimapDir or (os.path.join(EXAMPLE_DIR, "trimap") if _is_example(args) and not args.maskDir else None)
 
 
-def demo_pairs(args, logger, before_writing=None):
-    """The pairs to predict and the photos refused: ``--image`` (with or without ``--trimap``), or the folders.
+def demo_pairs(args, logger, ranks=None, before_writing=None):
+    """The photos to predict, in order: a :class:`Pair` for each, or the line saying why it was refused.
 
-    A photo without a trimap gets one from :func:`core.trimap.photo_trimap`
-    (alpha channel, ``--mask``/``--maskDir``, else ``--segmenter``), written to
+    ``--image`` (with or without ``--trimap``), or the folders. A photo without
+    a trimap gets one from :func:`core.trimap.photo_trimap` (alpha channel,
+    ``--mask``/``--maskDir``, else ``--segmenter``), written to
     ``<saveDir>/trimap/<name>``. One photo: its problem is raised; a folder:
-    each refusal is returned as a line and the other photos go on.
-    ``before_writing(names)``: called with the mattes' names before any file is written.
+    each refusal is a line in the list and the other photos go on. Under
+    torchrun (``ranks``) each rank makes the trimaps of its share and every
+    rank gets the whole list. ``before_writing(names)``: called with the
+    mattes' names before any file is written (on every rank, once).
     """
+    ranks = ranks or Ranks()
     before_writing = before_writing or (lambda names: None)
     if args.trimap and not args.image:
         raise UserError("--trimap goes with --image (or use --imgDir/--trimapDir)")
@@ -147,8 +153,8 @@ def demo_pairs(args, logger, before_writing=None):
         name = os.path.splitext(os.path.basename(args.image))[0] + ".png"
         before_writing([name])
         if args.trimap:
-            return [Pair(name, args.image, args.trimap, args.alpha)], []
-        return auto_pairs([(name, args.image, args.mask, args.alpha)], args, logger)
+            return [Pair(name, args.image, args.trimap, args.alpha)]
+        return auto_pairs([(name, args.image, args.mask, args.alpha)], args, logger, ranks)
     alpha_dir = args.alphaDir
     if alpha_dir is not None and not os.path.isdir(alpha_dir):
         raise UserError(f"{alpha_dir}: --alphaDir is not a folder")
@@ -159,7 +165,7 @@ def demo_pairs(args, logger, before_writing=None):
     if trimap_dir:
         pairs = find_pairs(args.imgDir, trimap_dir, alpha_dir, alpha_required=False)
         before_writing([p.name for p in pairs])
-        return pairs, []
+        return pairs
     images = list_images(args.imgDir, "image")
     masks = list_images(args.maskDir, "mask") if args.maskDir else {}
     alphas = list_images(alpha_dir, "ground-truth alpha") if alpha_dir else {}
@@ -167,33 +173,50 @@ def demo_pairs(args, logger, before_writing=None):
               os.path.join(args.maskDir, masks[stem]) if stem in masks else None,
               os.path.join(alpha_dir, alphas[stem]) if stem in alphas else None) for stem in sorted(images)]
     before_writing([item[0] for item in items])
-    return auto_pairs(items, args, logger)
+    return auto_pairs(items, args, logger, ranks)
 
 
-def auto_pairs(items, args, logger):
-    """Make and write the trimaps of ``items`` = [(name, image, mask or None, alpha or None)]: ``(pairs, refused)``."""
-    segmenter = None
-    if not (args.mask or args.maskDir):  # names were checked in main
-        segmenter = Segmenter(args.segmenter, args.classes, select_device(args.cuda), download=not args.no_download)
-    pairs, refused = [], []
-    for name, image, mask, alpha in tqdm(items, desc="trimaps", unit="img", disable=True if len(items) < 2 else None):
-        try:
-            trimap, source = photo_trimap(image, mask, segmenter, args.width, args.width_frac)
-        except WeightsError:
-            raise
-        except UserError as exc:
-            if len(items) == 1:
+def auto_pairs(items, args, logger, ranks=None):
+    """Make and write the trimaps of ``items`` = [(name, image, mask or None, alpha or None)]: a
+    :class:`Pair` or the refusal line for each item (see :func:`demo_pairs`)."""
+    ranks = ranks or Ranks()
+    mine = ranks.share(items)
+
+    def make():
+        segmenter = None
+        if mine and not (args.mask or args.maskDir):  # names were checked in main
+            segmenter = Segmenter(args.segmenter, args.classes, select_device(args.cuda, ranks.local_rank),
+                                  download=not args.no_download)
+        outcomes = []
+        for name, image, mask, alpha in tqdm(mine, desc="trimaps", unit="img",
+                                             disable=True if len(mine) < 2 else None):
+            try:
+                trimap, source = photo_trimap(image, mask, segmenter, args.width, args.width_frac)
+            except WeightsError:
                 raise
-            logger.warning(f"skipped: {exc}")
-            refused.append(str(exc))
-            continue
-        path = os.path.join(args.saveDir, TRIMAP_DIR, name)
-        write_image(path, trimap)
-        logger.info(f"{path}: trimap from {source}")
-        pairs.append(Pair(name, image, path, alpha))
-    if not pairs:
+            except UserError as exc:
+                if len(items) == 1:
+                    raise
+                logger.warning(f"skipped: {exc}")
+                outcomes.append(str(exc))
+                continue
+            path = os.path.join(args.saveDir, TRIMAP_DIR, name)
+            write_image(path, trimap)
+            logger.info(f"{path}: trimap from {source}")
+            outcomes.append(Pair(name, image, path, alpha))
+        return outcomes
+
+    outcomes = ranks.in_order(make, "making trimaps")
+    refused = [o for o in outcomes if not isinstance(o, Pair)]
+    if len(refused) == len(outcomes):
         raise UserError(f"no photo could be matted: {'; '.join(refused[:3])}" + (" …" if len(refused) > 3 else ""))
-    return pairs, refused
+    return outcomes
+
+
+def _per_photo(outcomes, values):
+    """``values`` (one per :class:`Pair` of ``outcomes``) spread over ``outcomes``: None for a refused photo."""
+    values = iter(values)
+    return [next(values) if isinstance(o, Pair) else None for o in outcomes]
 
 
 def parse_args(argv=None):
@@ -226,6 +249,7 @@ def parse_args(argv=None):
                        mode_help=MODE_HELP.replace(" (default: whole)", "; auto: whole when both sides fit --max_size, "
                                                    "else tile (default: whole for the examples, the reference's "
                                                    "demo; auto for your own photos)"))
+    add_dist_args(parser)
     return resolve_defaults(parser.parse_args(argv))
 
 
@@ -247,35 +271,71 @@ def output_names(names, cutout):
 
 def main(argv=None):
     args = parse_args(argv)
-    logger = setup_logging()
     options = InferenceOptions.from_args(args, modes=("whole", "tile") if args.crop_or_resize == AUTO else ())
     cutout = cutout_options(args)
     check_auto_args(args)
-    model, info = load_for_inference(options, logger)  # first: a missing model is the likeliest problem
+    ranks = start(args.dist_timeout)  # one process, or this rank of torchrun's: a folder run is shared out
+    try:
+        return run_demo(args, options, cutout, ranks)
+    finally:
+        ranks.close()
+
+
+def run_demo(args, options, cutout, ranks):
+    """Each rank makes the trimaps, mattes and side-by-side pictures of its share; rank 0 reports them all."""
+    logger = setup_logging(rank=ranks.rank)
+    # first: a missing model is the likeliest problem; one download per machine
+    ranks.run_all(lambda: require_checkpoint(options, logger) if ranks.local_rank == 0 else None, "fetching the model")
+    model, info = ranks.run_all(lambda: load_for_inference(options, logger, ranks.local_rank), "loading the model")
     maker, names = model_maker(options, info), []
 
     def guard(found):  # before the first file (a trimap) is written
         names.extend(found)
-        check_outputs_maker(args.saveDir, output_names(names, cutout), maker, args.force)
+        ranks.run_all(lambda: check_outputs_maker(args.saveDir, output_names(names, cutout), maker, args.force),
+                      "checking the output folder")
 
-    pairs, refused = demo_pairs(args, logger, guard)
-    for pair, note in check_pairs(pairs, options.mode, options.max_size, progress=False):
-        logger.info(f"{pair.image}: {note}")
-    check_outputs(pairs, args.saveDir)  # never over an input, even with --force
-    record_outputs(args.saveDir, output_names([p.name for p in pairs], cutout), maker)
-    logger.info(f"{plural(len(pairs), 'photo')}, mode {options.mode}"
-                + (" (whole when a photo fits --max_size, else tile)" if options.mode == AUTO else "")
-                + f"; writing to {args.saveDir} (which model made them: {os.path.join(args.saveDir, 'made_by.json')})")
-    result = predict_folder(model, pairs, args.saveDir, score=True, cutout=cutout, **options.predict_kwargs())
-    log_speed(logger, result.seconds)
-    sides = write_side_by_side(pairs, args.saveDir)
-    logger.info(f"wrote {plural(len(pairs), 'matte')} to {args.saveDir} and "
-                f"{plural(len(sides), 'side-by-side picture')} to {os.path.dirname(sides[0])}")
-    log_cutouts(logger, result.cutouts, cutout)
-    if result.rows:  # the pairs with ground truth
-        print(format_table(result.rows, result.means))
+    outcomes = demo_pairs(args, logger, ranks, guard)
+    pairs = [o for o in outcomes if isinstance(o, Pair)]
+    refused = [o for o in outcomes if not isinstance(o, Pair)]
+    mine = [o for o in ranks.share(outcomes) if isinstance(o, Pair)]
+    problems = ranks.in_order(lambda: _per_photo(ranks.share(outcomes), pair_problems(mine, options.mode,
+                                                                                      options.max_size,
+                                                                                      progress=False)),
+                              "checking the pairs")
+    notes = raise_problems([p for o, p in zip(outcomes, problems) if isinstance(o, Pair)])
+    ranks.run_all(lambda: check_outputs(pairs, args.saveDir), "checking the output folder")  # never over an input
+    ranks.run_all(lambda: record_outputs(args.saveDir, output_names([p.name for p in pairs], cutout), maker)
+                  if ranks.main else None, "recording the outputs")
+    if ranks.main:
+        for pair, note in zip(pairs, notes):
+            if note:
+                logger.info(f"{pair.image}: {note}")
+        logger.info(f"{plural(len(pairs), 'photo')}, mode {options.mode}"
+                    + (" (whole when a photo fits --max_size, else tile)" if options.mode == AUTO else "")
+                    + f"; writing to {args.saveDir} (which model made them: "
+                      f"{os.path.join(args.saveDir, 'made_by.json')})")
+
+    def predict():
+        clock = Clock()
+        results, _ = predict_pairs(model, mine, args.saveDir, score=True, cutout=cutout,
+                                   bar=bar_options(ranks, "predicting"), **options.predict_kwargs())
+        write_side_by_side(mine, args.saveDir)
+        return _per_photo(ranks.share(outcomes), results), clock.report(ranks, len(results),
+                                                                         next(model.parameters()).device)
+
+    answers = ranks.run_all(predict, "predicting", gather=True)
+    if ranks.main:
+        result = summarize([r for r in unshard([part for part, _ in answers]) if r is not None])
+        log_speed(logger, result.seconds)
+        for line in speed_lines([report for _, report in answers]):
+            logger.info(line)
+        logger.info(f"wrote {plural(len(pairs), 'matte')} to {args.saveDir} and "
+                    f"{plural(len(pairs), 'side-by-side picture')} to {os.path.join(args.saveDir, SIDE_DIR)}")
+        log_cutouts(logger, result.cutouts, cutout)
+        if result.rows:  # the pairs with ground truth
+            print(format_table(result.rows, result.means))
     if refused:
-        raise UserError(f"{len(refused)} of {len(pairs) + len(refused)} photos refused ({len(pairs)} mattes written): "
+        raise UserError(f"{len(refused)} of {len(outcomes)} photos refused ({len(pairs)} mattes written): "
                         + "; ".join(refused[:3]) + (" …" if len(refused) > 3 else ""))
     return 0
 

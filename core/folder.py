@@ -22,14 +22,17 @@ from concurrent.futures import ThreadPoolExecutor
 from tqdm import tqdm
 
 from core.checkpoint import RELEASE_URL, load_model, unwrap
-from core.cutout import write_cutouts
+from core.cutout import cutout_names, write_cutouts
 from core.data import list_images
 from core.imageio import read_gray, read_image, write_image
 from core.inference import check_trimap, choose_mode, predict_matte, setup_backend, shrink_note, whole_size
-from core.metrics import compute_metrics, mean_metrics, read_alpha, read_trimap, write_metrics_csv, write_metrics_json
+from core.metrics import (compute_metrics, format_table, mean_metrics, read_alpha, read_trimap, write_metrics_csv,
+                          write_metrics_json)
 from core.options import RELEASED_MODEL
+from core.outputs import check_outputs_maker, model_maker, record_outputs
 from core.release import TRAIN_HINT, download_if_missing
-from core.utils import UserError, plural, preview, select_device
+from core.sharding import Clock, Ranks, bar_options, speed_lines, unshard
+from core.utils import UserError, plural, preview, select_device, setup_logging
 
 Pair = namedtuple("Pair", "name image trimap alpha")
 Pair.__doc__ = """One test item. ``name``: the matte's file name (image stem + ``.png``);
@@ -93,6 +96,41 @@ def _check_one(pair, mode, max_size):
     return shrink_note(h, w, max_size) if mode == "whole" else None
 
 
+def pair_problems(pairs, mode="whole", max_size=1600, workers=None, progress=True):
+    """What is wrong with each pair, in order: ``(problem, note)`` per pair (see :func:`check_pairs`), where
+    ``problem`` is the refusal line or None and ``note`` the line saying how whole mode shrinks it, or None.
+
+    Ranks that split the pairs check their share each and gather these lists
+    (``core.sharding``), so :func:`raise_problems` gives one process's line.
+    """
+    workers = workers or min(8, os.cpu_count() or 1)
+    problems = []
+    with ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(_check_one, p, mode, max_size) for p in pairs]
+        try:
+            for fut in tqdm(futures, desc="checking", unit="img", disable=_no_bar(progress), leave=False):
+                try:
+                    problems.append((None, fut.result()))
+                except UserError as exc:
+                    problems.append((str(exc), None))
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return problems
+
+
+def raise_problems(problems):
+    """One :class:`UserError` naming every bad pair of :func:`pair_problems`' list (the first eight in full);
+    without one, the shrink notes, one (or None) per pair."""
+    bad = [p for p, _ in problems if p is not None]
+    if len(bad) == 1:
+        raise UserError(bad[0])
+    if bad:
+        raise UserError(f"{len(bad)} of {len(problems)} pairs are unusable: " + "; ".join(bad[:8])
+                        + (f"; … and {len(bad) - 8} more" if len(bad) > 8 else ""))
+    return [note for _, note in problems]
+
+
 def check_pairs(pairs, mode="whole", max_size=1600, workers=None, progress=True):
     """Check every pair before anything is predicted.
 
@@ -104,28 +142,8 @@ def check_pairs(pairs, mode="whole", max_size=1600, workers=None, progress=True)
     Returns ``[(pair, note)]`` for the photos ``whole`` mode shrinks to fit
     ``max_size`` (:func:`core.inference.shrink_note`), for the caller to say.
     """
-    workers = workers or min(8, os.cpu_count() or 1)
-    bad, shrunk = [], []
-    with ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(_check_one, p, mode, max_size) for p in pairs]
-        try:
-            for pair, fut in zip(pairs, tqdm(futures, desc="checking", unit="img", disable=_no_bar(progress),
-                                             leave=False)):
-                try:
-                    note = fut.result()
-                    if note:
-                        shrunk.append((pair, note))
-                except UserError as exc:
-                    bad.append(str(exc))
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-    if len(bad) == 1:
-        raise UserError(bad[0])
-    if bad:
-        raise UserError(f"{len(bad)} of {len(pairs)} pairs are unusable: " + "; ".join(bad[:8])
-                        + (f"; … and {len(bad) - 8} more" if len(bad) > 8 else ""))
-    return shrunk
+    notes = raise_problems(pair_problems(pairs, mode, max_size, workers, progress))
+    return [(pair, note) for pair, note in zip(pairs, notes) if note]
 
 
 def check_outputs(pairs, save_dir):
@@ -172,13 +190,14 @@ ImageResult.__doc__ = """One predicted pair. ``name``: :attr:`Pair.name`; ``seco
 of the written matte, or None when not scored; ``cutouts``: the cut-out files written."""
 
 
-def predict_pairs(model, pairs, save_dir=None, score=False, progress=True, should_stop=None, cutout=None,
+def predict_pairs(model, pairs, save_dir=None, score=False, progress=True, should_stop=None, cutout=None, bar=None,
                   **predict):
     """Predict ``pairs`` in order: ``(results, stopped)``, one :class:`ImageResult` per predicted pair.
 
     ``predict``: keyword arguments of :func:`core.inference.predict_matte`
     (:meth:`core.options.InferenceOptions.predict_kwargs`); the other
-    arguments as :func:`predict_folder`. ``stopped``: ``should_stop()`` ended
+    arguments as :func:`predict_folder`; ``bar``: more tqdm options (a rank's
+    ``desc`` and ``position``, :func:`core.sharding.bar_options`). ``stopped``: ``should_stop()`` ended
     the loop before the last pair. The model's train/eval mode is restored.
     """
     if save_dir is not None:
@@ -189,7 +208,7 @@ def predict_pairs(model, pairs, save_dir=None, score=False, progress=True, shoul
     net.eval()
     results = []
     try:
-        bar = tqdm(pairs, desc="predicting", unit="img", disable=_no_bar(progress))
+        bar = tqdm(pairs, unit="img", disable=_no_bar(progress), **{"desc": "predicting", **(bar or {})})
         for pair in bar:
             if should_stop is not None and should_stop():
                 return results, True
@@ -246,6 +265,67 @@ def predict_folder(model, pairs, save_dir=None, mode="whole", max_size=1600, siz
     return summarize(results, stopped)
 
 
+def predict_and_score(options, img_dir, trimap_dir, alpha_dir, save_dir, cutout=None, ranks=None, force=False):
+    """Each rank predicts its share of the pairs and writes those mattes; rank 0 scores and summarises all.
+
+    Every step that can fail runs on every rank and stops them all with the
+    same line (:meth:`core.sharding.Ranks.run_all`); the per-image results come
+    back in the pairs' order, so rank 0 writes what one process writes. The
+    run of ``core/test.py``: ``options`` (:class:`core.options.InferenceOptions`),
+    the folders (``alpha_dir`` None: nothing is scored), ``cutout``
+    (:func:`core.cutout.cutout_options`), ``ranks`` (:func:`core.sharding.start`;
+    default one process), ``force`` (write into a folder whose ``made_by.json``
+    names another model: :mod:`core.outputs`). Returns 0.
+    """
+    ranks = ranks or Ranks()
+    logger = setup_logging(rank=ranks.rank)
+    # one download per machine (the first rank there); then every rank finds the file
+    ranks.run_all(lambda: require_checkpoint(options, logger) if ranks.local_rank == 0 else None, "fetching the model")
+    pairs = ranks.run_all(lambda: find_pairs(img_dir, trimap_dir, alpha_dir), "pairing")
+    mine = ranks.share(pairs)
+    notes = raise_problems(ranks.in_order(lambda: pair_problems(mine, options.mode, options.max_size),
+                                          "checking the pairs"))
+    shrunk = [(pair, note) for pair, note in zip(pairs, notes) if note]
+    if shrunk and ranks.main:  # the reference's protocol (Composition-1k is tested this way), but said
+        logger.info(f"whole mode shrinks {plural(len(shrunk), 'image')} of {len(pairs)} to fit --max_size "
+                    f"{options.max_size}; e.g. {shrunk[0][0].image}: {shrunk[0][1]}")
+    model, info = ranks.run_all(lambda: load_for_inference(options, logger, ranks.local_rank), "loading the model")
+    # another model's mattes in save_dir are neither replaced nor mixed in (core.outputs); never over an input
+    maker = model_maker(options, info)
+    targets = [f for p in pairs for f in (p.name, *cutout_names(p.name, **(cutout or {})))]
+    targets += ["metrics.csv", "metrics.json"] if alpha_dir is not None else []
+
+    def check_folder():
+        check_outputs_maker(save_dir, targets, maker, force)
+        check_outputs(pairs, save_dir)
+
+    ranks.run_all(check_folder, "checking the output folder")
+    ranks.run_all(lambda: record_outputs(save_dir, targets, maker) if ranks.main else None, "recording the outputs")
+    on = f" on {ranks.world} ranks" if ranks.distributed else ""
+    logger.info(f"{len(pairs)} images{on}, mode {options.mode}; writing to {save_dir}")
+
+    def predict():
+        clock = Clock()
+        results, _ = predict_pairs(model, mine, save_dir, score=alpha_dir is not None, cutout=cutout,
+                                   bar=bar_options(ranks, "predicting"), **options.predict_kwargs())
+        return results, clock.report(ranks, len(results), next(model.parameters()).device)
+
+    answers = ranks.run_all(predict, "predicting", gather=True)
+    if not ranks.main:
+        return 0
+    result = summarize(unshard([results for results, _ in answers]))
+    log_speed(logger, result.seconds)
+    for line in speed_lines([report for _, report in answers]):
+        logger.info(line)
+    logger.info(f"wrote {plural(len(pairs), 'matte')} to {save_dir}")
+    log_cutouts(logger, result.cutouts, cutout)
+    if alpha_dir is not None:
+        print(format_table(result.rows, result.means))
+        csv_path, json_path = write_scores(save_dir, result.rows, result.means)
+        logger.info(f"wrote {csv_path} and {json_path}")
+    return 0
+
+
 def write_scores(save_dir, rows, means):
     """Write ``metrics.csv`` and ``metrics.json`` into ``save_dir``; returns their paths."""
     csv_path, json_path = os.path.join(save_dir, "metrics.csv"), os.path.join(save_dir, "metrics.json")
@@ -270,11 +350,11 @@ def require_checkpoint(options, logger):
         raise UserError(missing_checkpoint_hint(options.resume))
 
 
-def load_for_inference(options, logger):
+def load_for_inference(options, logger, local_rank=0):
     """Device and model from :class:`core.options.InferenceOptions` (precision already checked against
-    the device type): ``(model in eval mode, info)``."""
+    the device type): ``(model in eval mode, info)``. ``local_rank``: the GPU of this rank under torchrun."""
     require_checkpoint(options, logger)
-    device = select_device(options.cuda)
+    device = select_device(options.cuda, local_rank)
     if options.amp and device.type != "cuda":
         logger.info("--amp has no effect on the CPU")
     model, info = load_model(options.resume, stage=options.stage, skip=options.skip, device=device,

@@ -192,9 +192,17 @@ def copy_file_atomic(src, dst):
         write_bytes_atomic(dst, f.read())
 
 
-def remove_stale_temps(folder):
-    """Delete the hidden ``.*.tmp`` files an interrupted run left in ``folder``."""
+def remove_stale_temps(folder, names=None):
+    """Delete the hidden ``.*.tmp`` files an interrupted run left in ``folder``.
+
+    ``names``: only the temporaries of these file names (``.NAME.XXXX.tmp``),
+    so a process that shares the folder with others (one shard of several)
+    never deletes a file another is writing.
+    """
     if os.path.isdir(folder):
         for name in os.listdir(folder):
             if name.startswith(".") and name.endswith(".tmp"):
-                os.remove(os.path.join(folder, name))
+                if names is not None and name[1:-4].rpartition(".")[0] not in names:
+                    continue
+                with contextlib.suppress(FileNotFoundError):  # another process removed or renamed it
+                    os.remove(os.path.join(folder, name))

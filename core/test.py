@@ -13,6 +13,10 @@ SAD, MSE, Grad, Conn as the official MATLAB code computes them, ground truth
 read as ``evaluate.m`` reads it); the table is printed and written to
 ``metrics.csv`` and ``metrics.json`` in ``--saveDir``.
 
+Under ``torchrun`` (``--nproc_per_node N``, also across machines) each rank
+predicts every N-th pair on the GPU ``LOCAL_RANK`` names, or the CPU; rank 0
+gathers the scores and writes what one process writes (``core.sharding``).
+
 This file is the command line only: the flags and their checks are
 ``core.options``, the pairing, checking, prediction and scoring ``core.folder``
 (shared with ``core/demo.py``, ``tools/app.py`` and training-time validation).
@@ -26,13 +30,12 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 import argparse
 
-from core.cutout import cutout_names, cutout_options
-from core.folder import (check_outputs, check_pairs, find_pairs, load_for_inference, log_cutouts, log_speed,
-                         predict_folder, require_checkpoint, write_scores)
-from core.metrics import format_table
+from core.cutout import cutout_options
+from core.folder import predict_and_score
 from core.options import InferenceOptions, add_inference_args
-from core.outputs import add_force_arg, check_outputs_maker, model_maker, record_outputs
-from core.utils import UserError, plural, run_cli, setup_logging
+from core.outputs import add_force_arg
+from core.sharding import add_dist_args, start
+from core.utils import UserError, run_cli
 
 
 def parse_args(argv=None):
@@ -44,42 +47,23 @@ def parse_args(argv=None):
     parser.add_argument("--saveDir", required=True, help="folder to write the mattes (and metrics) to")
     add_force_arg(parser)
     add_inference_args(parser)
+    add_dist_args(parser)
     parser.add_argument("--stage_setting", help=argparse.SUPPRESS)  # deploy.sh: name STAGE=… in messages
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    logger = setup_logging()
     options = InferenceOptions.from_args(args)
     cutout = cutout_options(args)  # a bad --background fails before anything is predicted
     if os.path.exists(args.saveDir) and not os.path.isdir(args.saveDir):
         raise UserError(f"{args.saveDir}: --saveDir exists and is not a folder")
-    require_checkpoint(options, logger)
-    pairs = find_pairs(args.imgDir, args.trimapDir, args.alphaDir or None)
-    shrunk = check_pairs(pairs, options.mode, options.max_size)
-    if shrunk:  # the reference's protocol (Composition-1k is tested this way), but said
-        logger.info(f"whole mode shrinks {plural(len(shrunk), 'image')} of {len(pairs)} to fit --max_size "
-                    f"{options.max_size}; e.g. {shrunk[0][0].image}: {shrunk[0][1]}")
-    model, info = load_for_inference(options, logger)
-    # another model's mattes in --saveDir are neither replaced nor mixed in (core.outputs)
-    maker = model_maker(options, info)
-    targets = [f for p in pairs for f in (p.name, *cutout_names(p.name, **(cutout or {})))]
-    targets += ["metrics.csv", "metrics.json"] if args.alphaDir else []
-    check_outputs_maker(args.saveDir, targets, maker, args.force)
-    check_outputs(pairs, args.saveDir)  # never over an input, even with --force
-    record_outputs(args.saveDir, targets, maker)
-    logger.info(f"{len(pairs)} images, mode {options.mode}; writing to {args.saveDir}")
-    result = predict_folder(model, pairs, args.saveDir, score=bool(args.alphaDir), cutout=cutout,
-                            **options.predict_kwargs())
-    log_speed(logger, result.seconds)
-    logger.info(f"wrote {plural(len(pairs), 'matte')} to {args.saveDir}")
-    log_cutouts(logger, result.cutouts, cutout)
-    if args.alphaDir:
-        print(format_table(result.rows, result.means))
-        csv_path, json_path = write_scores(args.saveDir, result.rows, result.means)
-        logger.info(f"wrote {csv_path} and {json_path}")
-    return 0
+    ranks = start(args.dist_timeout)  # one process, or this rank of torchrun's
+    try:
+        return predict_and_score(options, args.imgDir, args.trimapDir, args.alphaDir or None, args.saveDir, cutout,
+                                 ranks, force=args.force)
+    finally:
+        ranks.close()
 
 
 if __name__ == "__main__":

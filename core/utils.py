@@ -86,6 +86,9 @@ def select_device(cuda=False, local_rank=0):
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise UserError("--cuda was given but no CUDA device is available (drop --cuda to run on the CPU)")
+    if local_rank >= torch.cuda.device_count():
+        raise UserError(f"LOCAL_RANK {local_rank} but torch sees {torch.cuda.device_count()} GPU(s): start at most "
+                        "that many processes per machine (torchrun --nproc_per_node)")
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)
 
