@@ -23,14 +23,14 @@ import time
 
 from core.utils import UserError, dist_env, plural
 
-DEFAULT_TIMEOUT = 600  # seconds a rank waits for the others at each meeting point
+DEFAULT_TIMEOUT = 10  # minutes a rank waits for the others at each meeting point (core/train.py's unit too)
 
 
 def add_dist_args(parser, default=DEFAULT_TIMEOUT):
     """``--dist_timeout``: how long a rank waits for the others under torchrun."""
     parser.add_argument("--dist_timeout", type=float, default=default,
-                        help="under torchrun: seconds a rank waits for the others at each meeting point before "
-                             "it stops with an error naming the wait (default: %(default)g)")
+                        help="under torchrun: minutes a rank waits for the others at each meeting point before "
+                             "it stops with an error naming the wait (default: %(default)g; as core/train.py's)")
 
 
 def share(items, rank, world):
@@ -59,11 +59,11 @@ def parse_shard(text):
 class Ranks:
     """This process's place among the ranks, and the calls that meet the others (all with a timeout).
 
-    ``rank``, ``local_rank``, ``world``; ``timeout``: seconds. With ``world == 1``
+    ``rank``, ``local_rank``, ``world``; ``timeout``: seconds (:func:`start` takes minutes). With ``world == 1``
     every call is local, so one process runs exactly the code it ran before.
     """
 
-    def __init__(self, rank=0, local_rank=0, world=1, timeout=DEFAULT_TIMEOUT, group=None):
+    def __init__(self, rank=0, local_rank=0, world=1, timeout=DEFAULT_TIMEOUT * 60, group=None):
         self.rank, self.local_rank, self.world, self.timeout = rank, local_rank, world, timeout
         self.group = group
 
@@ -140,16 +140,17 @@ class Ranks:
                 dist.destroy_process_group()
 
 
-def start(timeout=DEFAULT_TIMEOUT):
+def start(minutes=DEFAULT_TIMEOUT):
     """:class:`Ranks` from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
 
     One process (no torchrun) gets a local :class:`Ranks` and no process
-    group. Under torchrun a gloo process group is started with ``timeout``
-    seconds; a rank that cannot reach the others is a one-line error.
+    group. Under torchrun a gloo process group is started with a timeout of
+    ``minutes`` (``--dist_timeout``, the unit of core/train.py's); a rank that cannot reach the others is a one-line error.
     """
     rank, local_rank, world = dist_env()
-    if timeout <= 0:
-        raise UserError(f"--dist_timeout must be positive, got {timeout:g}")
+    if not minutes > 0:
+        raise UserError(f"--dist_timeout must be a positive number of minutes, got {minutes:g}")
+    timeout = minutes * 60
     if world <= 1:
         return Ranks(timeout=timeout)
     import torch.distributed as dist
