@@ -185,8 +185,6 @@ def check_inference(args, device, rows):
 
 def training_batches(args, device):
     """A few stage-1 samples of synthetic composites (tools/make_synthetic.py, online compositing), on ``device``."""
-    import torch
-
     from torch.utils.data import default_collate
 
     from core.data import OnlineCompositeDataset, training_batch

@@ -190,10 +190,15 @@ def read_fg_alpha(fg_path, alpha_path, method):
         fg, alpha = _cv2_read(fg_path), _cv2_read(alpha_path)
     else:
         fg, alpha = _pil_read(fg_path, "fg"), _pil_read(alpha_path, "alpha")
+    check_fg_alpha_size(fg_path, fg, alpha_path, alpha)
+    return fg, alpha
+
+
+def check_fg_alpha_size(fg_path, fg, alpha_path, alpha):
+    """UserError naming both files when the decoded foreground and alpha differ in height × width."""
     if fg.shape[:2] != alpha.shape[:2]:
         raise UserError(f"{fg_path}: foreground is {fg.shape[1]}x{fg.shape[0]} but its alpha {alpha_path} "
                         f"is {alpha.shape[1]}x{alpha.shape[0]}")
-    return fg, alpha
 
 
 def make_composite(fg, alpha, bg_path, method):

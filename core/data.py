@@ -42,7 +42,7 @@ from core.imageio import read_gray, read_image
 from core.preprocess import normalize_image
 from core.trimap import random_trimap
 from core.utils import UserError, preview
-from core.composite import fit_background_reference, plan_set, read_fg_alpha, set_layout
+from core.composite import check_fg_alpha_size, fit_background_reference, plan_set, set_layout
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DEFAULT_CROP_SIZES = ((320, 320), (480, 480), (640, 640))  # --crop_h/--crop_w 320,480,640
@@ -380,9 +380,7 @@ class Sources:
     def __init__(self, cache_dir=None):
         self.cache = SourceCache(cache_dir) if cache_dir else None
 
-    def _get(self, path, kinds, decode):
-        if self.cache is None:
-            return decode(path)
+    def _get(self, path, kinds, decode):  # through the cache (each caller handles "no cache" itself)
         return self.cache.get(path, kinds, lambda: decode(path))
 
     def bgr(self, path):
@@ -539,9 +537,7 @@ class OnlineCompositeDataset(_TrainingSet):
         job = self.jobs[i]
         fg = self.sources.bgr(job["fg"])
         blend_alpha, alpha, per_row = self.sources.alpha(job["alpha"])
-        if fg.shape[:2] != alpha.shape:  # read_fg_alpha's check, on the decoded arrays
-            raise UserError(f"{job['fg']}: foreground is {fg.shape[1]}x{fg.shape[0]} but its alpha {job['alpha']} "
-                            f"is {alpha.shape[1]}x{alpha.shape[0]}")
+        check_fg_alpha_size(job["fg"], fg, job["alpha"], alpha)  # read_fg_alpha's check, on the decoded arrays
         return fg, blend_alpha, alpha, per_row
 
     def _background(self, path):
@@ -571,8 +567,9 @@ def build_cache(dataset, workers=1, desc="decoding"):
     from tqdm import tqdm
 
     cache = dataset.sources.cache
-    todo = [(path, reader) for path, kinds, reader in dataset.cache_entries() if not cache.has(path, kinds)]
-    done = len(dataset.cache_entries()) - len(todo)
+    entries = dataset.cache_entries()
+    todo = [(path, reader) for path, kinds, reader in entries if not cache.has(path, kinds)]
+    done = len(entries) - len(todo)
     with tqdm(total=len(todo), desc=desc, unit="img") as bar:
         if workers <= 1:
             for path, reader in todo:

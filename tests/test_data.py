@@ -25,11 +25,10 @@ def _comp_dirs(root):
     return [os.path.join(comp, k) for k in ("image", "fg", "bg", "alpha")]
 
 
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    """A tiny Adobe-layout set (5 foregrounds 41–58 px, 2 backgrounds each) composited the reference way."""
-    out = str(tmp_path_factory.mktemp("synthetic"))
-    paths = make_dataset(out, num_fg=5, num_test_fg=1, size=48, seed=3, train_bg_per_fg=2, test_bg_per_fg=1)
+def odd_alpha_set(out, seed):
+    """A tiny Adobe-layout set (5 foregrounds 41–58 px, 2 backgrounds each, one alpha whose channels
+    differ) composited the reference way into ``out``; ``paths["odd_alpha"]``: that alpha's stem."""
+    paths = make_dataset(out, num_fg=5, num_test_fg=1, size=48, seed=seed, train_bg_per_fg=2, test_bg_per_fg=1)
     # One alpha with three different channels: the composite blends each channel with its own alpha.
     name = next(n for n in paths["train_fg_names"] if n.endswith(".png"))
     path = next(p for p in (os.path.join(paths["root_dir"], "Training_set", s, "alpha", name)
@@ -40,6 +39,11 @@ def synthetic(tmp_path_factory):
     composite_dataset(paths["root_dir"], train_bg_dir=paths["train_bg_dir"], only="train", workers=1,
                       train_bg_per_fg=2)
     return paths
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return odd_alpha_set(str(tmp_path_factory.mktemp("synthetic")), seed=3)
 
 
 def _offline(paths, **kw):

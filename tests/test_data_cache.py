@@ -18,8 +18,9 @@ import core.train as train
 from bench import data_baseline as baseline
 from core import data
 from core.cache import CacheWarning, SourceCache, open_entry
-from core.composite import composite_dataset, composite_reference, fit_size
+from core.composite import composite_reference, fit_size
 from core.utils import UserError
+from tests.test_data import odd_alpha_set
 from tests.test_train import LossSpy, base_args, tensors_equal, write_dataset
 from tests.tiny_model import tiny_build_model
 from tools import build_cache
@@ -34,15 +35,7 @@ KEYS = ("input", "image", "fg", "bg", "alpha", "trimap")
 def synthetic(tmp_path_factory):
     """5 foregrounds of 41–58 px (crops of 64 take the upscale path), 2 backgrounds each, one alpha
     whose channels differ, and the offline composites."""
-    out = str(tmp_path_factory.mktemp("cache-set"))
-    paths = make_dataset(out, num_fg=5, num_test_fg=1, size=48, seed=4, train_bg_per_fg=2, test_bg_per_fg=1)
-    name = next(n for n in paths["train_fg_names"] if n.endswith(".png"))
-    path = next(p for p in (os.path.join(paths["root_dir"], "Training_set", s, "alpha", name)
-                            for s in ("Adobe-licensed images", "Other")) if os.path.isfile(p))
-    alpha = cv2.imread(path)[:, :, 0]
-    cv2.imwrite(path, cv2.merge([alpha, cv2.GaussianBlur(alpha, (7, 7), 0), 255 - alpha]))
-    composite_dataset(paths["root_dir"], train_bg_dir=paths["train_bg_dir"], only="train", workers=1,
-                      train_bg_per_fg=2)
+    paths = odd_alpha_set(str(tmp_path_factory.mktemp("cache-set")), seed=4)
     comp = os.path.join(paths["root_dir"], "Training_set", "comp")
     paths["comp"] = [os.path.join(comp, k) for k in ("image", "fg", "bg", "alpha")]
     return paths
